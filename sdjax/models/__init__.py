@@ -1,0 +1,1 @@
+"""Flax NNX modules of Subject-Diffusion (NHWC, float32 parameters, configurable compute dtype)."""
