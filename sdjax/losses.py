@@ -1,0 +1,68 @@
+"""Training losses of Subject-Diffusion (SPEC §1 "Attention-map control loss" and "Objective")."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+
+def diffusion_loss(
+    prediction: jax.Array, target: jax.Array, weight: jax.Array | None = None
+) -> jax.Array:
+    """Mean squared error; with `weight` (broadcastable, e.g. a subject-region mask) a weighted mean."""
+    err = jnp.square(prediction.astype(jnp.float32) - target.astype(jnp.float32))
+    if weight is None:
+        return jnp.mean(err)
+    weight = jnp.broadcast_to(weight.astype(jnp.float32), err.shape)
+    return jnp.sum(err * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def balanced_l1(attention: jax.Array, mask: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """Mean attention outside the mask minus mean attention inside it, per (B, K) map.
+
+    attention, mask: (B, h, w, K). Returns (B, K).
+    """
+    inside = mask.astype(jnp.float32)
+    outside = 1.0 - inside
+    a = attention.astype(jnp.float32)
+    out_mean = jnp.sum(a * outside, axis=(1, 2)) / (jnp.sum(outside, axis=(1, 2)) + eps)
+    in_mean = jnp.sum(a * inside, axis=(1, 2)) / (jnp.sum(inside, axis=(1, 2)) + eps)
+    return out_mean - in_mean
+
+
+def l1(attention: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean |A − M| per (B, K) map (the paper's form)."""
+    return jnp.mean(jnp.abs(attention.astype(jnp.float32) - mask.astype(jnp.float32)), axis=(1, 2))
+
+
+ATTENTION_LOSSES = {"balanced_l1": balanced_l1, "l1": l1}
+
+
+def attention_loss(
+    maps: Sequence[jax.Array],
+    masks: Mapping[int, jax.Array],
+    token_valid: jax.Array,
+    kind: str = "balanced_l1",
+) -> jax.Array:
+    """Attention-map control loss averaged over layers and supervised tokens.
+
+    maps: head-averaged cross-attention probabilities, each (B, h, w, K) at K supervised tokens
+      (each subject's placeholder and entity word).
+    masks: {h: (B, h, h, K)} target mask of the subject each token belongs to, per map size.
+    token_valid: (B, K) whether the token is supervised (subject present, text not dropped).
+    """
+    if kind not in ATTENTION_LOSSES:
+        raise ValueError(f"unknown attention loss {kind!r}; known: {sorted(ATTENTION_LOSSES)}")
+    if not maps:
+        raise ValueError("attention_loss needs at least one attention map")
+    per_layer = []
+    for attention in maps:
+        size = attention.shape[1]
+        if size not in masks:
+            raise ValueError(f"no target masks of size {size}; have sizes {sorted(masks)}")
+        per_layer.append(ATTENTION_LOSSES[kind](attention, masks[size]))
+    per_token = jnp.mean(jnp.stack(per_layer), axis=0)  # (B, K)
+    weight = token_valid.astype(jnp.float32)
+    return jnp.sum(per_token * weight) / jnp.maximum(jnp.sum(weight), 1.0)

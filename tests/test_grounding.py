@@ -1,0 +1,69 @@
+"""Grounding net: Fourier box code, null slots, use_bbox, output layout."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import sdjax  # noqa: F401
+from sdjax.models.grounding import GroundingConfig, GroundingNet, fourier_box_embedding
+
+CFG = GroundingConfig(patch_dim=12, num_patch_tokens=4, hidden_dim=16, out_dim=8, max_subjects=2)
+
+
+def test_fourier_embedding_matches_formula():
+    box = np.array([0.1, 0.2, 0.7, 0.9], np.float32)
+    out = np.asarray(fourier_box_embedding(jnp.asarray(box), 8, 100.0))
+    assert out.shape == (64,)
+    for k in range(8):
+        f = 100.0 ** (k / 8)
+        np.testing.assert_allclose(out[8 * k : 8 * k + 4], np.sin(f * box), atol=1e-5)
+        np.testing.assert_allclose(out[8 * k + 4 : 8 * k + 8], np.cos(f * box), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def net():
+    return GroundingNet(CFG, rngs=nnx.Rngs(0))
+
+
+def _inputs(seed=0):
+    rng = np.random.default_rng(seed)
+    patches = jnp.asarray(np.repeat(rng.normal(size=(1, 2, 4, 12)), 2, axis=0), jnp.float32)
+    boxes = jnp.asarray([[[0.1, 0.1, 0.5, 0.6], [0.4, 0.3, 0.9, 0.8]]] * 2, jnp.float32)
+    return patches, boxes
+
+
+def test_output_layout_and_slot_independence(net):
+    patches, boxes = _inputs()
+    valid = jnp.array([[True, True], [True, False]])
+    out = net(patches, boxes, valid)
+    assert out.shape == (2, 8, 8)
+    # Slot 0 of both examples saw identical inputs; slot 1 differs only where it is empty.
+    np.testing.assert_allclose(out[0, :4], out[1, :4], atol=1e-6)
+    assert not np.allclose(out[0, 4:], out[1, 4:])
+
+
+def test_empty_slot_ignores_its_inputs(net):
+    patches, boxes = _inputs()
+    valid = jnp.array([[True, False], [True, False]])
+    a = net(patches, boxes, valid)
+    b = net(patches.at[:, 1].set(99.0), boxes.at[:, 1].set(0.0), valid)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_use_bbox_false_drops_boxes_unless_all_slots_full():
+    net = GroundingNet(GroundingConfig(**{**CFG.__dict__, "use_bbox": False}), rngs=nnx.Rngs(0))
+    patches, boxes = _inputs()
+    partial = jnp.array([[True, False], [True, False]])
+    full = jnp.array([[True, True], [True, True]])
+    moved = boxes.at[:, 0].add(0.1)
+    np.testing.assert_allclose(
+        net(patches, boxes, partial), net(patches, moved, partial), atol=1e-6
+    )
+    assert not np.allclose(net(patches, boxes, full), net(patches, moved, full))
+
+
+def test_wrong_slot_count_is_rejected(net):
+    patches, boxes = _inputs()
+    with pytest.raises(ValueError, match="2 slots of 4 tokens, got 3 slots"):
+        net(jnp.concatenate([patches, patches[:, :1]], 1), boxes, jnp.ones((2, 3), bool))

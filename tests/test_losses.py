@@ -1,0 +1,50 @@
+"""Diffusion and attention-map losses against hand-computed values."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sdjax import losses
+
+
+def test_diffusion_loss_plain_and_weighted():
+    pred = jnp.array([[1.0, 2.0], [3.0, 4.0]])
+    target = jnp.zeros((2, 2))
+    assert float(losses.diffusion_loss(pred, target)) == pytest.approx(7.5)
+    weight = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    assert float(losses.diffusion_loss(pred, target, weight)) == pytest.approx(8.5)
+
+
+def test_balanced_l1_matches_definition():
+    attention = np.zeros((1, 2, 2, 1), np.float32)
+    attention[0, 0, 0, 0] = 0.6
+    attention[0, 1, 1, 0] = 0.2
+    mask = np.zeros_like(attention)
+    mask[0, 0, :, 0] = 1.0  # top row inside
+    out = losses.balanced_l1(jnp.asarray(attention), jnp.asarray(mask))
+    assert float(out[0, 0]) == pytest.approx(0.2 / 2 - 0.6 / 2, abs=1e-5)
+
+
+def test_l1_matches_definition():
+    attention = jnp.full((1, 2, 2, 1), 0.25)
+    mask = jnp.asarray(np.array([1, 0, 0, 0], np.float32).reshape(1, 2, 2, 1))
+    assert float(losses.l1(attention, mask)[0, 0]) == pytest.approx((0.75 + 3 * 0.25) / 4)
+
+
+def test_attention_loss_averages_layers_and_valid_tokens():
+    rng = np.random.default_rng(0)
+    maps = [jnp.asarray(rng.random((2, s, s, 2)), jnp.float32) for s in (4, 2, 4)]
+    masks = {s: jnp.asarray(rng.random((2, s, s, 2)) > 0.5, jnp.float32) for s in (4, 2)}
+    valid = jnp.array([[True, False], [True, True]])
+    got = float(losses.attention_loss(maps, masks, valid, "l1"))
+    per = np.mean([np.asarray(losses.l1(m, masks[m.shape[1]])) for m in maps], axis=0)
+    assert got == pytest.approx((per[0, 0] + per[1, 0] + per[1, 1]) / 3, rel=1e-5)
+    assert float(losses.attention_loss(maps, masks, jnp.zeros((2, 2), bool))) == 0.0
+
+
+def test_attention_loss_errors_name_the_problem():
+    maps = [jnp.zeros((1, 8, 8, 1))]
+    with pytest.raises(ValueError, match="size 8"):
+        losses.attention_loss(maps, {4: jnp.zeros((1, 4, 4, 1))}, jnp.ones((1, 1), bool))
+    with pytest.raises(ValueError, match="unknown attention loss"):
+        losses.attention_loss(maps, {8: jnp.zeros((1, 8, 8, 1))}, jnp.ones((1, 1), bool), "l2")
