@@ -9,6 +9,7 @@ are transposed, conv kernels go OIHW → HWIO.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +22,8 @@ from safetensors.numpy import load_file
 
 NnxPath = tuple[str | int, ...]
 Resizer = Callable[[np.ndarray, tuple[int, ...], np.ndarray], np.ndarray]
+
+logger = logging.getLogger(__name__)
 
 _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -150,9 +153,26 @@ def load_module(
             f"{len(problems)} checkpoint mismatch(es):\n  " + "\n  ".join(problems)
         )
 
+    fresh_keys = sorted(keys[p] for p in flat if fresh(keys[p]))
+    logger.info(
+        "%s: %d tensors loaded (%d parameters), %d kept at their initial value%s%s",
+        type(abstract).__name__,
+        len(flat) - len(fresh_keys),
+        sum(int(np.prod(v.shape)) for p, v in values.items() if not fresh(keys[p])),
+        len(fresh_keys),
+        f" ({_summarise(fresh_keys)})" if fresh_keys else "",
+        f"; resized: {', '.join(k for k in resize if k in used)}" if resize else "",
+    )
     for path, var in flat.items():
         var.set_value(jnp.asarray(values[path], dtype=var.get_value().dtype))
     return nnx.merge(graphdef, nnx.from_flat_state(flat), rest)
+
+
+def _summarise(keys: Sequence[str], limit: int = 4) -> str:
+    """A short list of parameter names, grouping the numbered copies of one layer."""
+    groups = sorted({re.sub(r"\.\d+\.", ".N.", k) for k in keys})
+    more = f", … {len(groups) - limit} more" if len(groups) > limit else ""
+    return ", ".join(groups[:limit]) + more
 
 
 def _initial_values(
