@@ -1,0 +1,170 @@
+"""CLIP BPE tokenizer, offline, and the Subject-Diffusion template prompt.
+
+The vocabulary is built from the bundled CLIP merges file with the standard CLIP construction:
+the 256 byte-level symbols, the same symbols ending a word (`</w>`), one token per merge, then
+`<|startoftext|>` and `<|endoftext|>`: 49,408 tokens. A model folder's own `tokenizer/` wins.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from transformers import CLIPTokenizer
+
+BOS_ID = 49406
+EOS_ID = 49407
+PLACEHOLDER = "sks"
+PLACEHOLDER_ID = 48136
+MAX_LENGTH = 77
+VOCAB_SIZE = 49408
+
+MERGES_PATH = Path(__file__).parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"
+# CLIP keeps the first 49152 - 256 - 2 merges of the file (after its version header line).
+NUM_MERGES = 48894
+END_OF_WORD = "</w>"
+START_TOKEN = "<|startoftext|>"
+END_TOKEN = "<|endoftext|>"
+# Clause layout: ", the {label} is sks" -> [",", "the", *label, "is", "sks"].
+CLAUSE_PREFIX_LENGTH = 2
+CLAUSE_SUFFIX_LENGTH = 2
+
+
+def byte_alphabet() -> list[str]:
+    """The 256 printable stand-ins of byte-level BPE, in CLIP's vocabulary order.
+
+    Bytes that print as themselves (`!`..`~`, `¡`..`¬`, `®`..`ÿ`) come first, as themselves; the
+    remaining 68 bytes follow in byte order, spelled by the code points from 256 up.
+    """
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    remaining = len(set(range(256)) - set(printable))
+    return [chr(b) for b in printable] + [chr(256 + i) for i in range(remaining)]
+
+
+def bundled_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Vocabulary (token -> id) and merge list of the bundled CLIP BPE."""
+    lines = gzip.decompress(MERGES_PATH.read_bytes()).decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : NUM_MERGES + 1]]
+    alphabet = byte_alphabet()
+    tokens = [
+        *alphabet,
+        *(symbol + END_OF_WORD for symbol in alphabet),
+        *("".join(pair) for pair in merges),
+        START_TOKEN,
+        END_TOKEN,
+    ]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    if len(vocab) != VOCAB_SIZE:
+        raise ValueError(f"{MERGES_PATH} gives {len(vocab)} tokens, expected {VOCAB_SIZE}")
+    return vocab, merges
+
+
+@functools.cache
+def bundled_tokenizer() -> CLIPTokenizer:
+    """The CLIP tokenizer of SD 1.x (pad = `<|endoftext|>`), built from the bundled merges."""
+    vocab, merges = bundled_vocab_and_merges()
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LENGTH)
+
+
+def load_tokenizer(model_dir: str | Path | None = None) -> CLIPTokenizer:
+    """The tokenizer in `model_dir/tokenizer/` when there is one, else the bundled CLIP BPE."""
+    folder = Path(model_dir) / "tokenizer" if model_dir is not None else None
+    if folder is None or not folder.is_dir():
+        return bundled_tokenizer()
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder))
+    _check_token_facts(tokenizer, folder)
+    return tokenizer
+
+
+def _check_token_facts(tokenizer: CLIPTokenizer, source: Path) -> None:
+    """Refuse a tokenizer whose special ids differ from the CLIP ids sdjax relies on."""
+    found = {
+        "bos": tokenizer.bos_token_id,
+        "eos": tokenizer.eos_token_id,
+        PLACEHOLDER: tokenizer.convert_tokens_to_ids(PLACEHOLDER + END_OF_WORD),
+    }
+    expected = {"bos": BOS_ID, "eos": EOS_ID, PLACEHOLDER: PLACEHOLDER_ID}
+    if found != expected:
+        raise ValueError(f"tokenizer at {source} has ids {found}; CLIP BPE needs {expected}")
+
+
+def caption_ids(tokenizer: CLIPTokenizer, caption: str) -> list[int]:
+    """CLIP ids of a caption, without BOS/EOS and untruncated."""
+    return tokenizer(caption, add_special_tokens=False, truncation=False)["input_ids"]
+
+
+def clause_text(label: str) -> str:
+    """The prompt clause that binds one subject to the placeholder."""
+    return f", the {label} is {PLACEHOLDER}"
+
+
+def clause_ids(tokenizer: CLIPTokenizer, label: str) -> list[int]:
+    """CLIP ids of `clause_text(label)`; the label's tokens are `[2:-2]`, `sks` is last."""
+    ids = caption_ids(tokenizer, clause_text(label))
+    if len(ids) <= CLAUSE_PREFIX_LENGTH + CLAUSE_SUFFIX_LENGTH or ids[-1] != PLACEHOLDER_ID:
+        raise ValueError(f"label {label!r} gives the malformed clause ids {ids}")
+    return ids
+
+
+class TemplatePrompt(NamedTuple):
+    """Template prompt ids and, per subject, where its `sks` and first label token sit (0: cut)."""
+
+    ids: np.ndarray
+    placeholder_positions: np.ndarray
+    entity_positions: np.ndarray
+
+
+def assemble_template(
+    caption: Sequence[int],
+    clauses: Sequence[Sequence[int]],
+    pad_id: int,
+    max_length: int = MAX_LENGTH,
+) -> TemplatePrompt:
+    """BOS + caption + clauses + EOS, truncated to `max_length` keeping EOS, then padded.
+
+    A subject whose `sks` token was cut off gets position 0 (the BOS slot, never a real position)
+    for both its placeholder and its label.
+    """
+    ids = [BOS_ID, *caption]
+    placeholder_positions, entity_positions = [], []
+    for clause in clauses:
+        if clause[-1] != PLACEHOLDER_ID:
+            raise ValueError(f"clause {list(clause)} does not end with {PLACEHOLDER_ID}")
+        start = len(ids)
+        ids.extend(clause)
+        placeholder = len(ids) - 1
+        kept = placeholder < max_length - 1
+        placeholder_positions.append(placeholder if kept else 0)
+        entity_positions.append(start + CLAUSE_PREFIX_LENGTH if kept else 0)
+    ids = ids[: max_length - 1] + [EOS_ID]
+    ids += [pad_id] * (max_length - len(ids))
+    return TemplatePrompt(
+        np.asarray(ids, np.int32),
+        np.asarray(placeholder_positions, np.int32),
+        np.asarray(entity_positions, np.int32),
+    )
+
+
+def template_prompt_ids(
+    caption: str,
+    labels: Sequence[str],
+    pad_id: int,
+    max_length: int = MAX_LENGTH,
+    tokenizer: CLIPTokenizer | None = None,
+) -> TemplatePrompt:
+    """Ids of `"{caption}, the {label_1} is sks, ..."` as the data contract assembles them."""
+    tokenizer = tokenizer or bundled_tokenizer()
+    return assemble_template(
+        caption_ids(tokenizer, caption),
+        [clause_ids(tokenizer, label) for label in labels],
+        pad_id,
+        max_length,
+    )
