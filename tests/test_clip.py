@@ -12,7 +12,13 @@ import torch
 import transformers
 from flax import nnx
 
-from sdjax.models.text_encoder import CLSProjector, replace_placeholders
+from sdjax.models.image_encoder import CLIPVisionConfig, CLIPVisionModelWithProjection
+from sdjax.models.text_encoder import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLSProjector,
+    replace_placeholders,
+)
 from sdjax.weights.clip import load_image_encoder, load_text_encoder
 from sdjax.weights.core import WeightLoadError, export_state
 
@@ -164,8 +170,14 @@ def test_text_encoder_remat_gradients_match(text_pair):
     def loss(model):
         return jnp.mean(model(ids) ** 2)
 
-    g_plain = nnx.grad(loss)(ours)
-    g_remat = nnx.grad(loss)(remat)
+    def remat_count(model) -> int:
+        graph, state = nnx.split(model)
+        return str(jax.make_jaxpr(lambda s: nnx.merge(graph, s)(ids))(state)).count("remat")
+
+    assert remat_count(ours) == 0
+    assert remat_count(remat) == TEXT["num_hidden_layers"]
+    grad = nnx.jit(nnx.grad(loss))
+    g_plain, g_remat = grad(ours), grad(remat)
     for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
@@ -210,6 +222,51 @@ def test_image_encoder_from_clip_model_folder(vision_pair, tmp_path):
     with torch.no_grad():
         expected = vision_ref(torch.from_numpy(pixels).permute(0, 3, 1, 2)).image_embeds
     assert max_diff(ours(jnp.asarray(pixels))[0], expected.numpy()) <= TOL
+
+
+SD2_TEXT = dict(  # OpenCLIP ViT-H/14 text tower as shipped in SD 2.x `text_encoder/config.json`
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_attention_heads=16,
+    num_hidden_layers=23,
+    hidden_act="gelu",
+    vocab_size=49408,
+    max_position_embeddings=77,
+)
+VIT_H14 = dict(  # LAION CLIP ViT-H/14 vision tower
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_attention_heads=16,
+    num_hidden_layers=32,
+    image_size=224,
+    patch_size=14,
+    projection_dim=1024,
+    hidden_act="gelu",
+)
+
+
+def param_count(module: nnx.Module) -> int:
+    return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+@pytest.mark.parametrize(
+    "ours, theirs, config",
+    [
+        (CLIPTextModel, transformers.CLIPTextModel, SD2_TEXT),
+        (CLIPVisionModelWithProjection, transformers.CLIPVisionModelWithProjection, VIT_H14),
+    ],
+)
+def test_full_size_towers_match_transformers_parameter_count(ours, theirs, config):
+    config_cls = (
+        transformers.CLIPTextConfig if "vocab_size" in config else transformers.CLIPVisionConfig
+    )
+    with torch.device("meta"):
+        reference = theirs(config_cls(**config))
+    sdjax_config = (CLIPTextConfig if "vocab_size" in config else CLIPVisionConfig).from_hf(config)
+    model = nnx.eval_shape(lambda: ours(sdjax_config, rngs=nnx.Rngs(0)))
+    assert param_count(model) == sum(p.numel() for p in reference.parameters())
+    if ours is CLIPVisionModelWithProjection:
+        assert sdjax_config.num_patches == 256
 
 
 def edit_checkpoint(folder, tmp_path, edit) -> str:
