@@ -133,6 +133,7 @@ def test_stable_diffusion_vae_parameter_count():
             block_out_channels=config.block_out_channels,
             layers_per_block=config.layers_per_block,
         )
+    assert VAEConfig(block_out_channels=[128, 256, 512, 512]) == config  # lists become tuples
     model = nnx.eval_shape(lambda: AutoencoderKL(config, rngs=nnx.Rngs(0)))
     count = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert count == sum(p.numel() for p in reference.parameters()) == 83_653_863

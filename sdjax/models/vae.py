@@ -42,6 +42,10 @@ class VAEConfig:
     scaling_factor: float = 0.18215
     dtype: DType = jnp.float32
 
+    def __post_init__(self):
+        # configs may arrive with a list; a tuple keeps the config hashable (static under jit)
+        object.__setattr__(self, "block_out_channels", tuple(self.block_out_channels))
+
     @classmethod
     def from_diffusers(cls, config: dict[str, Any], *, dtype: DType = jnp.float32) -> Self:
         """Reads a diffusers `AutoencoderKL` `config.json` dict."""
@@ -50,10 +54,7 @@ class VAEConfig:
             if unsupported:
                 raise ValueError(f"unsupported {key} {unsupported}; sdjax builds only {kind}")
         names = {f.name for f in dataclasses.fields(cls)} - {"dtype"}
-        values = {k: config[k] for k in names if k in config}
-        if "block_out_channels" in values:
-            values["block_out_channels"] = tuple(values["block_out_channels"])
-        return cls(**values, dtype=dtype)
+        return cls(**{k: config[k] for k in names if k in config}, dtype=dtype)
 
 
 @struct.dataclass
