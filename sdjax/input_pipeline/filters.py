@@ -1,0 +1,91 @@
+"""Training-time selection of images and entities (SPEC §3), as TensorFlow ops on one record."""
+
+from __future__ import annotations
+
+import ml_collections
+import tensorflow as tf
+
+from sdjax import geometry
+
+
+def near_white_fraction(image: tf.Tensor, threshold: float) -> tf.Tensor:
+    """Share of pixels of a (H, W, 3) uint8 image whose every channel exceeds `threshold` of 255."""
+    bright = tf.reduce_all(tf.cast(image, tf.float32) / 255.0 > threshold, axis=-1)
+    return tf.reduce_mean(tf.cast(bright, tf.float32))
+
+
+def labels_in_caption(labels: tf.Tensor, caption: tf.Tensor) -> tf.Tensor:
+    """(N,) whether each label is one word (no whitespace) found verbatim in the caption."""
+    one_word = tf.strings.regex_full_match(labels, r"\S+")
+
+    def found(label):
+        pieces = tf.raw_ops.StringSplitV2(input=caption[None], sep=label, maxsplit=1)
+        return tf.size(pieces.values) > 1
+
+    # An empty separator would split on whitespace: look only for one-word labels.
+    searched = tf.where(one_word, labels, caption + "\0")
+    return one_word & tf.map_fn(found, searched, fn_output_signature=tf.bool)
+
+
+def box_shape_ok(boxes: tf.Tensor, image_area: tf.Tensor, cfg: ml_collections.ConfigDict):
+    """(N,) whether each (N, 4) box's share of the image and its aspect are within the bounds."""
+    ratio = geometry.box_area(boxes) / tf.cast(image_area, boxes.dtype)
+    aspect = geometry.box_aspect(boxes)
+    return (
+        (cfg.min_area_ratio < ratio)
+        & (ratio < cfg.max_area_ratio)
+        & (cfg.min_aspect < aspect)
+        & (aspect < cfg.max_aspect)
+    )
+
+
+def entity_candidates(
+    boxes: tf.Tensor,
+    scores: tf.Tensor,
+    labels: tf.Tensor,
+    caption: tf.Tensor,
+    image_area: tf.Tensor,
+    cfg: ml_collections.ConfigDict,
+) -> tf.Tensor:
+    """(N,) entities passing the filters that need no mask: box share, aspect, score, label."""
+    return (
+        box_shape_ok(boxes, image_area, cfg)
+        & (scores > cfg.min_score)
+        & labels_in_caption(labels, caption)
+    )
+
+
+def mask_fills_box(masks: tf.Tensor, boxes: tf.Tensor, min_fill: float) -> tf.Tensor:
+    """(N,) whether each entity's (N, H, W) mask covers at least `min_fill` of its box."""
+    covered = tf.cast(geometry.mask_pixels_in_boxes(masks, boxes), boxes.dtype)
+    return covered / geometry.box_area(boxes) >= min_fill
+
+
+def rank_and_select(
+    boxes: tf.Tensor,
+    scores: tf.Tensor,
+    eligible: tf.Tensor,
+    max_overlap: float,
+    max_subjects: int,
+) -> tf.Tensor:
+    """Indices of the kept entities, best score first (at most `max_subjects`).
+
+    Walking the eligible entities by decreasing score, one is dropped when it overlaps an already
+    kept one by more than `max_overlap` of the smaller box.
+    """
+    order = tf.argsort(scores, direction="DESCENDING", stable=True)
+    ranked_boxes = tf.gather(boxes, order)
+    kept = geometry.greedy_non_overlapping(
+        tf.gather(eligible, order), geometry.overlap_over_smaller(ranked_boxes), max_overlap
+    )
+    return tf.boolean_mask(order, geometry.first_k(kept, max_subjects))
+
+
+def crop_box_ok(boxes_px: tf.Tensor, cfg: ml_collections.ConfigDict) -> tf.Tensor:
+    """(N,) whether each box, in pixels of the cropped target, is large enough and not too thin."""
+    aspect = geometry.box_aspect(boxes_px)
+    return (
+        (geometry.box_area(boxes_px) > cfg.min_box_area_px)
+        & (cfg.min_aspect < aspect)
+        & (aspect < cfg.max_aspect)
+    )

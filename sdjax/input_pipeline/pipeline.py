@@ -1,0 +1,410 @@
+"""The tf.data input pipeline of Subject-Diffusion training (SPEC §2-§3).
+
+Stages: this host's TFRecord files (split by process) -> interleaved reading with a per-file
+integrity check -> record shuffle -> repeat -> enumerate (the stream index seeds each example) ->
+parallel per-example processing (parse, filters, crop, masks, prompt ids, dropout flags) -> a
+running count of skip reasons -> filter -> batch -> per-batch subject images -> prefetch.
+
+Every random draw is stateless, seeded by (seed, process index, stream index), and every stage is
+deterministic, so a seed fixes the batches whatever the parallelism; the tf.data iterator state
+(shuffle buffer and position included) goes into the training checkpoint (`iterator_state`).
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import tensorflow as tf
+
+from sdjax import geometry
+from sdjax.input_pipeline import augment, decode, filters, tokens
+from sdjax.input_pipeline.iterator_state import PipelineIterator
+from sdjax.input_pipeline.reasons import BAD_INPUT, NUM_REASONS, Reason
+from sdjax.tokenizer import EOS_ID, MAX_LENGTH, PLACEHOLDER_ID
+
+# TFRecord framing around each record's bytes: length (8), length CRC (4), data CRC (4).
+TFRECORD_OVERHEAD = 16
+REFERENCE_RESOLUTION = 512
+
+
+def default_config(resolution: int = REFERENCE_RESOLUTION) -> ml_collections.ConfigDict:
+    """Data config of the reference recipe; sizes tied to the resolution are derived from it.
+
+    `filters.min_box_area_px` is SPEC's 200 px² at 512 px, scaled with the area at other sizes.
+    """
+    c = ml_collections.ConfigDict()
+    c.file_pattern = ""  # glob(s), comma-separated, of TFRecord files in the schema of `schema.py`
+    c.batch_size = 8  # global; each host gets batch_size / process_count
+    c.resolution = resolution
+    c.latent_downsample = 8  # location mask at resolution / latent_downsample
+    c.attention_map_sizes = (resolution // 16, resolution // 32, resolution // 64)
+    c.subject_size = 224
+    c.max_subjects = 2
+    c.location_mask = "box"  # box | segmentation
+    c.background = "random"  # white | random (another image of the batch; noise in a batch of 1)
+    c.fill_mask_holes = True  # the reference's row/column cavity filling of segmentation masks
+    c.pad_id = EOS_ID  # 49407 for SD 1.x tokenizers, 0 for SD 2.x
+    c.seed = 0
+    c.strict = False  # raise a DataError on bad input instead of counting and skipping it
+    c.num_epochs = ml_collections.config_dict.placeholder(int)  # None: repeat forever
+    c.shuffle_files = True
+    c.shuffle_buffer = 1000  # records (encoded), also held in every iterator checkpoint
+    c.interleave_cycle_length = 16  # files read at once; fixed, so the order is too
+    c.prefetch_batches = 2
+
+    c.filters = ml_collections.ConfigDict()
+    c.filters.min_area_ratio = 0.08
+    c.filters.max_area_ratio = 0.7
+    c.filters.min_aspect = 0.3
+    c.filters.max_aspect = 3.0
+    c.filters.min_score = 0.3
+    c.filters.min_mask_fill = 0.6
+    c.filters.max_overlap = 0.8
+    c.filters.min_box_area_px = 200.0 * (resolution / REFERENCE_RESOLUTION) ** 2
+    c.filters.near_white_threshold = 0.9
+    c.filters.max_near_white_fraction = 0.1
+
+    c.augment = ml_collections.ConfigDict()
+    c.augment.flip_probability = 0.5
+    c.augment.max_rotation_degrees = 10.0
+    c.augment.perspective_distortion = 0.5
+    c.augment.perspective_probability = 0.5
+    c.augment.fill_value = 0.0  # canvas outside the rotated/warped image, in [0, 1] pixel units
+    c.augment.clip_mean = (0.48145466, 0.4578275, 0.40821073)
+    c.augment.clip_std = (0.26862954, 0.26130258, 0.27577711)
+
+    # Classifier-free dropout, r ~ U(0, 1): [0, text) text; [text, text + text_and_mask) both;
+    # then [.., + mask) mask only. Subjects are dropped by an independent draw.
+    c.dropout = ml_collections.ConfigDict()
+    c.dropout.text = 0.05
+    c.dropout.text_and_mask = 0.05
+    c.dropout.mask = 0.05
+    c.dropout.subjects = 0.05
+    return c
+
+
+def output_signature(cfg: ml_collections.ConfigDict) -> dict[str, tf.TensorSpec]:
+    """Shapes and dtypes of one training example out of the reader (the data contract)."""
+    r, s, size = cfg.resolution, cfg.max_subjects, cfg.subject_size
+    latent = r // cfg.latent_downsample
+    spec = {
+        "image": tf.TensorSpec([r, r, 3], tf.float32),
+        "location_mask": tf.TensorSpec([latent, latent, 1], tf.float32),
+        "subject_pixels": tf.TensorSpec([s, size, size, 3], tf.float32),
+        "subject_boxes": tf.TensorSpec([s, 4], tf.float32),
+        "subject_valid": tf.TensorSpec([s], tf.bool),
+        "input_ids": tf.TensorSpec([MAX_LENGTH], tf.int32),
+        "placeholder_positions": tf.TensorSpec([s], tf.int32),
+        "entity_positions": tf.TensorSpec([s], tf.int32),
+        "drop_text": tf.TensorSpec([], tf.bool),
+        "drop_mask": tf.TensorSpec([], tf.bool),
+        "drop_subjects": tf.TensorSpec([], tf.bool),
+    }
+    for m in cfg.attention_map_sizes:
+        spec[f"subject_masks_{m}"] = tf.TensorSpec([s, m, m], tf.float32)
+    return spec
+
+
+def _transformed_signature(cfg: ml_collections.ConfigDict) -> dict[str, tf.TensorSpec]:
+    """What `_transform` returns: the training keys it computes, and the full-size subject masks."""
+    spec = output_signature(cfg)
+    for key in ("subject_pixels", "drop_text", "drop_mask", "drop_subjects"):
+        del spec[key]
+    r = cfg.resolution
+    spec["_masks"] = tf.TensorSpec([cfg.max_subjects, r, r], tf.bool)
+    return spec
+
+
+def _pad_slots(values: tf.Tensor, slots: int) -> tf.Tensor:
+    """Zero-pad the leading axis of `values` to `slots`."""
+    pad = [[0, slots - tf.shape(values)[0]]] + [[0, 0]] * (values.shape.rank - 1)
+    return tf.pad(values, pad)
+
+
+def _first_failure(checks: list[tuple[tf.Tensor, Reason]]) -> tf.Tensor:
+    """The reason of the first failed check (`ok`, reason) in order, or OK."""
+    reason = tf.constant(int(Reason.OK))
+    for ok, code in reversed(checks):
+        reason = tf.where(ok, reason, int(code))
+    return reason
+
+
+def _dropout_flags(u: tf.Tensor, cfg: ml_collections.ConfigDict) -> dict[str, tf.Tensor]:
+    """Classifier-free dropout flags from two uniform draws."""
+    d = cfg.dropout
+    return {
+        "drop_text": u[0] < d.text + d.text_and_mask,
+        "drop_mask": (d.text <= u[0]) & (u[0] < d.text + d.text_and_mask + d.mask),
+        "drop_subjects": u[1] < d.subjects,
+    }
+
+
+def _select(element: dict, cfg: ml_collections.ConfigDict) -> tuple[tf.Tensor, dict]:
+    """Parse, decode, validate and pick the subjects of one record: `(reason, selection)`.
+
+    Only the masks of entities that pass the mask-free filters are decoded.
+    """
+    f = cfg.filters
+    parsed, features = decode.parse_record(element["record"])
+    image_ok, image = decode.decode_image(features)
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    boxes = tf.reshape(features["entities/box"], [-1, 4])
+    boxes_ok = tf.reduce_all(geometry.boxes_inside(boxes, width, height))
+    scores = features["entities/score"]
+    candidates = filters.entity_candidates(
+        boxes, scores, features["entities/label"], features["caption"], width * height, f
+    ) & (parsed & image_ok & boxes_ok)
+    candidate_index = tf.where(candidates)[:, 0]
+    masks_decoded, masks_sized, masks = decode.decode_masks(
+        tf.gather(features["entities/mask"], candidate_index), height, width
+    )
+    fills = filters.mask_fills_box(masks, tf.gather(boxes, candidate_index), f.min_mask_fill)
+    eligible = tf.scatter_nd(candidate_index[:, None], fills, tf.shape(candidates, tf.int64))
+    selected = filters.rank_and_select(boxes, scores, eligible, f.max_overlap, cfg.max_subjects)
+    mask_slot = tf.cumsum(tf.cast(candidates, tf.int32)) - 1
+    near_white = filters.near_white_fraction(image, f.near_white_threshold)
+    reason = _first_failure(
+        [
+            (element["file_reason"] == int(Reason.OK), Reason.CORRUPT_FILE),
+            (parsed, Reason.BAD_RECORD),
+            (image_ok, Reason.CORRUPT_IMAGE),
+            (boxes_ok, Reason.BAD_BOX),
+            (masks_decoded, Reason.BAD_MASK),
+            (masks_sized, Reason.MASK_SIZE),
+            (near_white <= f.max_near_white_fraction, Reason.NEAR_WHITE),
+            (
+                tf.reduce_all(features["caption/ids"] != PLACEHOLDER_ID),
+                Reason.PLACEHOLDER_IN_CAPTION,
+            ),
+            (tf.size(selected) > 0, Reason.NO_SUBJECT),
+        ]
+    )
+    selection = {
+        "image": image,
+        "boxes": tf.gather(boxes, selected),
+        "masks": tf.gather(masks, tf.gather(mask_slot, selected)),
+        "entities": selected,
+        "caption_ids": features["caption/ids"],
+        "clause_ids": features["entities/clause_ids"],
+        "clause_lengths": features["entities/clause_length"],
+    }
+    return reason, selection
+
+
+def _transform(selection: dict, u: tf.Tensor, cfg: ml_collections.ConfigDict):
+    """Crop, masks and prompt of a selected record: `(reason, example)`, NO_SUBJECT when no
+    subject survives the crop or the prompt's truncation."""
+    r, slots = cfg.resolution, cfg.max_subjects
+    target = augment.crop_target(
+        selection["image"], selection["masks"], selection["boxes"], u, r, cfg.fill_mask_holes
+    )
+    survivors = tf.where(filters.crop_box_ok(target.boxes * r, cfg.filters))[:, 0]
+    prompt = tokens.template_ids(
+        selection["caption_ids"],
+        selection["clause_ids"],
+        selection["clause_lengths"],
+        tf.gather(selection["entities"], survivors),
+        cfg.pad_id,
+    )
+    kept = tf.boolean_mask(survivors, prompt.fits)
+    count = tf.size(kept)
+    valid = tf.range(slots) < count
+    boxes = _pad_slots(tf.gather(target.boxes, kept), slots)
+    masks = _pad_slots(tf.gather(target.masks, kept), slots)
+    example = {
+        "image": target.image,
+        "location_mask": augment.location_mask(
+            boxes, masks, valid, cfg.location_mask, r // cfg.latent_downsample
+        ),
+        "subject_boxes": boxes,
+        "subject_valid": valid,
+        "input_ids": prompt.ids,
+        "placeholder_positions": _pad_slots(
+            tf.boolean_mask(prompt.placeholder_positions, prompt.fits), slots
+        ),
+        "entity_positions": _pad_slots(
+            tf.boolean_mask(prompt.entity_positions, prompt.fits), slots
+        ),
+        "_masks": masks,
+    }
+    for size, resized in augment.attention_masks(masks, cfg.attention_map_sizes).items():
+        example[f"subject_masks_{size}"] = resized
+    reason = tf.where(count > 0, int(Reason.OK), int(Reason.NO_SUBJECT))
+    return reason, example
+
+
+def process_example(
+    index: tf.Tensor, element: dict, base_seed: tf.Tensor, cfg: ml_collections.ConfigDict
+) -> dict[str, tf.Tensor]:
+    """One record at stream position `index` -> one example (zeros and a reason when skipped)."""
+    seed = tf.random.experimental.stateless_fold_in(base_seed, index)
+    crop_seed, dropout_seed, subject_seed, noise_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 4)
+    )
+    reason, selection = _select(element, cfg)
+    signature = _transformed_signature(cfg)
+
+    def transform():
+        u = tf.random.stateless_uniform([2], crop_seed)
+        code, example = _transform(selection, u, cfg)
+        return code, {k: tf.ensure_shape(v, signature[k].shape) for k, v in example.items()}
+
+    def skip():
+        return reason, {k: tf.zeros(s.shape, s.dtype) for k, s in signature.items()}
+
+    reason, example = tf.cond(reason == int(Reason.OK), transform, skip)
+    example.update(_dropout_flags(tf.random.stateless_uniform([2], dropout_seed), cfg))
+    example["_draws"] = tf.random.stateless_uniform(
+        [cfg.max_subjects, augment.SUBJECT_DRAWS], subject_seed
+    )
+    example["_noise_seed"] = noise_seed
+    example["_reason"] = reason
+    example["_file"] = element["file"]
+    example["_record"] = element["record_index"]
+    return example
+
+
+def finish_batch(batch: dict, cfg: ml_collections.ConfigDict) -> dict[str, tf.Tensor]:
+    """Add the subject images to a batch and drop what only they needed."""
+    out = {k: v for k, v in batch.items() if k not in ("_masks", "_draws", "_noise_seed")}
+    out["subject_pixels"] = augment.subject_images(
+        batch["image"],
+        batch["_masks"],
+        batch["subject_boxes"],
+        batch["subject_valid"],
+        batch["_draws"],
+        batch["_noise_seed"][0],
+        cfg,
+    )
+    return out
+
+
+def list_files(pattern: str) -> list[str]:
+    """Sorted TFRecord files matching comma-separated glob patterns."""
+    globs = [p.strip() for p in pattern.split(",") if p.strip()]
+    files = sorted({f for g in globs for f in tf.io.gfile.glob(g)})
+    if not files:
+        raise FileNotFoundError(f"no file matches data.file_pattern {pattern!r}")
+    return files
+
+
+def host_files(files: list[str], process_index: int, process_count: int) -> list[str]:
+    """This host's share of the files (every process_count-th, from process_index)."""
+    mine = files[process_index::process_count]
+    if not mine:
+        raise ValueError(
+            f"{len(files)} files cannot feed {process_count} processes: process {process_index} "
+            "gets none; write more shards"
+        )
+    return mine
+
+
+def read_file(path: tf.Tensor, size: tf.Tensor) -> tf.data.Dataset:
+    """Records of one TFRecord file with their place, and one CORRUPT_FILE marker when the file
+    ends in an error: the bytes of the records read do not add up to the file size."""
+    numbered = tf.data.TFRecordDataset(path).ignore_errors().enumerate()
+    end = tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), tf.constant(b"")))
+
+    def account(state, item):
+        consumed, count = state
+        index, record = item
+        at_end = index < 0
+        read = tf.cast(~at_end, tf.int64)
+        consumed += read * (tf.cast(tf.strings.length(record), tf.int64) + TFRECORD_OVERHEAD)
+        count += read
+        damaged = at_end & (consumed != size)
+        element = {
+            "record": record,
+            "file": path,
+            "record_index": tf.where(at_end, count, index),
+            "file_reason": tf.where(damaged, int(Reason.CORRUPT_FILE), int(Reason.OK)),
+        }
+        return (consumed, count), (~at_end | damaged, element)
+
+    zero = tf.constant(0, tf.int64)
+    marked = numbered.concatenate(end).scan((zero, zero), _graph(account))
+    return marked.filter(_graph(lambda keep, _: keep)).map(_graph(lambda _, element: element))
+
+
+def _count_reasons(counts: tf.Tensor, example: dict):
+    counts += tf.one_hot(example["_reason"], NUM_REASONS, dtype=tf.int64)
+    return counts, {**example, "_counts": counts}
+
+
+def _delivered(example: dict, strict: bool) -> tf.Tensor:
+    """Whether an example goes on: OK ones, and in strict mode bad input (the iterator raises)."""
+    reason = example["_reason"]
+    if not strict:
+        return reason == int(Reason.OK)
+    bad = tf.reduce_any(tf.equal(reason, [int(code) for code in sorted(BAD_INPUT)]))
+    return (reason == int(Reason.OK)) | bad
+
+
+def _graph(fn):
+    """Trace `fn` as written: it has no Python control flow on tensors for autograph to convert."""
+    return tf.autograph.experimental.do_not_convert(fn)
+
+
+def hide_accelerators_from_tensorflow() -> None:
+    """Keep TensorFlow off GPUs so that it never takes accelerator memory from JAX."""
+    if tf.config.get_visible_devices("GPU"):
+        tf.config.set_visible_devices([], "GPU")
+
+
+def build_dataset(
+    cfg: ml_collections.ConfigDict,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> tf.data.Dataset:
+    """Batched training examples of this host (per-host batch: batch_size / process_count)."""
+    hide_accelerators_from_tensorflow()
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if cfg.batch_size % process_count:
+        raise ValueError(
+            f"data.batch_size {cfg.batch_size} is not divisible by {process_count} processes"
+        )
+    files = host_files(list_files(cfg.file_pattern), process_index, process_count)
+    sizes = [tf.io.gfile.stat(f).length for f in files]
+    ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
+    if cfg.shuffle_files:
+        ds = ds.shuffle(len(files), seed=cfg.seed, reshuffle_each_iteration=True)
+    ds = ds.repeat(cfg.num_epochs)
+    ds = ds.interleave(
+        _graph(read_file),
+        cycle_length=min(cfg.interleave_cycle_length, len(files)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    if cfg.shuffle_buffer > 1:
+        ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
+    base_seed = tf.constant([cfg.seed, process_index], tf.int64)
+    ds = ds.enumerate().map(
+        _graph(lambda index, element: process_example(index, element, base_seed, cfg)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    ds = ds.scan(tf.zeros([NUM_REASONS], tf.int64), _graph(_count_reasons))
+    ds = ds.filter(_graph(lambda example: _delivered(example, cfg.strict)))
+    ds = ds.batch(cfg.batch_size // process_count, drop_remainder=True)
+    ds = ds.map(
+        _graph(lambda batch: finish_batch(batch, cfg)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    ds = ds.prefetch(cfg.prefetch_batches)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.autotune.enabled = True
+    # Only `decode.try_apply` looks stateful to the checkpoint check; all randomness is stateless.
+    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+    return ds.with_options(options)
+
+
+def make_iterator(
+    cfg: ml_collections.ConfigDict,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> PipelineIterator:
+    """Iterator of numpy batches over `build_dataset`, checkpointable with `iterator_state`."""
+    return PipelineIterator(build_dataset(cfg, process_index, process_count), cfg.strict)

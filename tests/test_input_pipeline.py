@@ -1,0 +1,474 @@
+"""The tf.data reader end to end on small real TFRecords: contract, filters, bad input, resumption."""
+
+import io
+import os
+
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from sdjax import tokenizer as tok
+from sdjax.input_pipeline import augment, filters, pipeline, schema, tokens
+from sdjax.input_pipeline.iterator_state import IteratorRestore, IteratorSave
+from sdjax.input_pipeline.reasons import DataError
+
+CLIP = tok.load_tokenizer()
+HEIGHT, WIDTH = 72, 96
+# Two subjects that a 72 px square crop can hold together (x from 14 to 80).
+BOXES = ((14.0, 10.0, 40.0, 50.0), (44.0, 20.0, 80.0, 60.0))
+LABEL_PAIRS = (("dog", "cat"), ("car", "tree"), ("cup", "book"), ("horse",), ("bird",))
+RESOLUTION, SUBJECT_SIZE = 64, 32
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _ellipse(box, height=HEIGHT, width=WIDTH) -> np.ndarray:
+    """Boolean mask of the ellipse inscribed in `box` (covers ~78% of it)."""
+    x0, y0, x1, y1 = box
+    yy, xx = np.mgrid[0:height, 0:width] + 0.5
+    return ((xx - (x0 + x1) / 2) / ((x1 - x0) / 2)) ** 2 + (
+        (yy - (y0 + y1) / 2) / ((y1 - y0) / 2)
+    ) ** 2 <= 1
+
+
+def _record(
+    key: str,
+    labels=("dog", "cat"),
+    caption: str | None = None,
+    pixels: np.ndarray | None = None,
+    encoded: bytes | None = None,
+    **entity_changes,
+) -> schema.ImageExample:
+    """A record of `labels` in BOXES; `entity_changes` (box, mask_png) replace the first entity's."""
+    if pixels is None:
+        rng = np.random.default_rng(sum(key.encode()))
+        pixels = rng.integers(0, 200, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    caption = caption or "a " + " and a ".join(labels) + " on the grass"
+    entities = []
+    for i, label in enumerate(labels):
+        fields = dict(box=BOXES[i], mask_png=schema.encode_mask_png(_ellipse(BOXES[i])))
+        if i == 0:
+            fields.update(entity_changes)
+        entities.append(
+            schema.Entity(
+                label=label,
+                clause_ids=tuple(tok.clause_ids(CLIP, label)),
+                score=0.9 - 0.1 * i,
+                **fields,
+            )
+        )
+    return schema.ImageExample(
+        key=key,
+        image_encoded=_png(pixels) if encoded is None else encoded,
+        image_format="png",
+        height=HEIGHT,
+        width=WIDTH,
+        caption=caption,
+        caption_ids=tuple(tok.caption_ids(CLIP, caption)),
+        entities=tuple(entities),
+    )
+
+
+def _write(path, records) -> str:
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record if isinstance(record, bytes) else schema.encode_example(record))
+    return str(path)
+
+
+def _config(pattern: str, **changes) -> ml_collections.ConfigDict:
+    cfg = pipeline.default_config(RESOLUTION)
+    cfg.file_pattern = pattern
+    cfg.subject_size = SUBJECT_SIZE
+    cfg.batch_size = 4
+    cfg.shuffle_buffer = 8
+    cfg.update(changes)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def good_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("good")
+    records = [_record(f"img-{i}", LABEL_PAIRS[i % len(LABEL_PAIRS)]) for i in range(12)]
+    _write(folder / "train-0.tfrecord", records[:6])
+    _write(folder / "train-1.tfrecord", records[6:])
+    return str(folder / "train-*.tfrecord"), records
+
+
+@pytest.fixture(scope="module")
+def one_epoch(good_files):
+    pattern, _ = good_files
+    return list(pipeline.make_iterator(_config(pattern, num_epochs=1), 0, 1))
+
+
+def test_default_config_holds_the_reference_numbers():
+    cfg = pipeline.default_config()
+    f = cfg.filters
+    assert (f.min_area_ratio, f.max_area_ratio, f.min_aspect, f.max_aspect) == (0.08, 0.7, 0.3, 3.0)
+    assert (f.min_score, f.min_mask_fill, f.max_overlap, f.min_box_area_px) == (0.3, 0.6, 0.8, 200)
+    assert (f.near_white_threshold, f.max_near_white_fraction) == (0.9, 0.1)
+    assert (tuple(cfg.augment.clip_mean), tuple(cfg.augment.clip_std)) == (CLIP_MEAN, CLIP_STD)
+    assert (cfg.resolution, cfg.max_subjects, cfg.subject_size) == (512, 2, 224)
+    assert tuple(cfg.attention_map_sizes) == (32, 16, 8)
+    assert (cfg.pad_id, cfg.location_mask) == (49407, "box")
+    assert (cfg.dropout.text, cfg.dropout.text_and_mask, cfg.dropout.mask) == (0.05, 0.05, 0.05)
+    assert cfg.dropout.subjects == 0.05
+    tiny = pipeline.default_config(64)
+    assert tuple(tiny.attention_map_sizes) == (4, 2, 1)
+    assert tiny.filters.min_box_area_px == pytest.approx(200 / 64)
+
+
+def test_batches_follow_the_data_contract(one_epoch):
+    assert len(one_epoch) == 3  # 12 records, batches of 4
+    signature = pipeline.output_signature(_config(""))
+    for batch in one_epoch:
+        assert set(batch) == set(signature)
+        for key, spec in signature.items():
+            assert batch[key].shape == (4, *spec.shape), key
+            assert batch[key].dtype == spec.dtype.as_numpy_dtype, key
+        assert batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
+        assert batch["image"].std() > 0.1
+        mean, std = np.array(CLIP_MEAN), np.array(CLIP_STD)
+        pixels = batch["subject_pixels"]
+        assert np.all(pixels >= -mean / std - 1e-5) and np.all(pixels <= (1 - mean) / std + 1e-5)
+        assert np.all(pixels[~batch["subject_valid"]] == 0)
+        assert np.all(np.isin(batch["location_mask"], [0.0, 1.0]))
+        for size in (4, 2, 1):
+            masks = batch[f"subject_masks_{size}"]
+            assert masks.min() >= 0 and masks.max() <= 1
+            assert np.all(masks[~batch["subject_valid"]] == 0)
+            assert np.all(masks[batch["subject_valid"]].sum(axis=(1, 2)) > 0)
+
+
+def test_every_kept_box_lies_whole_inside_the_crop(one_epoch):
+    """Boxes come back unclipped: their size in the 72 px crop is their size in the image."""
+    sizes = {(x1 - x0, y1 - y0) for x0, y0, x1, y1 in BOXES}
+    for batch in one_epoch:
+        boxes = batch["subject_boxes"][batch["subject_valid"]]
+        assert np.all((boxes >= 0) & (boxes <= 1))
+        for x0, y0, x1, y1 in boxes * HEIGHT:
+            assert any(np.allclose((x1 - x0, y1 - y0), s, atol=1e-3) for s in sizes)
+        assert np.all(batch["subject_boxes"][~batch["subject_valid"]] == 0)
+
+
+def test_location_mask_is_zero_exactly_inside_the_boxes(one_epoch):
+    latent = RESOLUTION // 8
+    centres = (np.arange(latent) + 0.5) / latent
+    for batch in one_epoch:
+        for mask, boxes, valid in zip(
+            batch["location_mask"], batch["subject_boxes"], batch["subject_valid"], strict=True
+        ):
+            inside = np.zeros((latent, latent), bool)
+            for x0, y0, x1, y1 in boxes[valid]:
+                in_x = (centres >= x0) & (centres <= x1)
+                in_y = (centres >= y0) & (centres <= y1)
+                inside |= np.outer(in_y, in_x)
+            np.testing.assert_array_equal(mask[..., 0], np.where(inside, 0.0, 1.0))
+
+
+def test_prompt_ids_and_positions(good_files, one_epoch):
+    _, records = good_files
+    expected = {
+        tuple(
+            tok.assemble_template(
+                r.caption_ids, [e.clause_ids for e in r.entities], pipeline.EOS_ID
+            ).ids
+        ): r
+        for r in records
+    }
+    for batch in one_epoch:
+        for i, ids in enumerate(batch["input_ids"]):
+            record = expected[tuple(ids)]
+            valid = batch["subject_valid"][i]
+            assert valid.sum() == len(record.entities)
+            placeholders = batch["placeholder_positions"][i][valid]
+            entities = batch["entity_positions"][i][valid]
+            assert np.all(ids[placeholders] == tok.PLACEHOLDER_ID)
+            first_tokens = [e.clause_ids[tok.CLAUSE_PREFIX_LENGTH] for e in record.entities]
+            assert ids[entities].tolist() == first_tokens
+            assert np.all(batch["placeholder_positions"][i][~valid] == 0)
+
+
+def test_template_ids_match_the_tokenizer_assembly():
+    captions = ["a dog and a cat", "a very " + "long " * 70 + "caption with a dog and a cat"]
+    clauses = [tok.clause_ids(CLIP, label) for label in ("dog", "cat", "teddybear")]
+    flat = tf.constant([i for c in clauses for i in c], tf.int64)
+    lengths = tf.constant([len(c) for c in clauses], tf.int64)
+    for caption in captions:
+        ids = tok.caption_ids(CLIP, caption)
+        for selected in ([2, 0], [1], []):
+            want = tok.assemble_template(ids, [clauses[j] for j in selected], pad_id=0)
+            got = tokens.template_ids(
+                tf.constant(ids, tf.int64), flat, lengths, tf.constant(selected, tf.int64), 0
+            )
+            np.testing.assert_array_equal(got.ids, want.ids)
+            np.testing.assert_array_equal(got.placeholder_positions, want.placeholder_positions)
+            np.testing.assert_array_equal(got.entity_positions, want.entity_positions)
+            np.testing.assert_array_equal(got.fits, want.placeholder_positions > 0)
+
+
+def test_dropout_flags_follow_the_thresholds():
+    cfg = pipeline.default_config()
+    cases = {
+        0.01: (True, False),  # text only
+        0.07: (True, True),  # text and mask
+        0.12: (False, True),  # mask only
+        0.2: (False, False),
+    }
+    for r, (text, mask) in cases.items():
+        flags = pipeline._dropout_flags(tf.constant([r, 0.5]), cfg)
+        assert (bool(flags["drop_text"]), bool(flags["drop_mask"])) == (text, mask), r
+        assert not bool(flags["drop_subjects"])
+    assert bool(pipeline._dropout_flags(tf.constant([0.5, 0.01]), cfg)["drop_subjects"])
+
+
+def test_entity_filters_each_rule():
+    f = pipeline.default_config().filters
+    boxes = tf.constant(
+        [
+            [0.0, 0.0, 50.0, 50.0],  # 25% of 100x100: passes
+            [0.0, 0.0, 20.0, 20.0],  # 4%: too small
+            [0.0, 0.0, 90.0, 90.0],  # 81%: too large
+            [0.0, 0.0, 95.0, 20.0],  # aspect 4.75: too wide
+            [10.0, 10.0, 60.0, 60.0],  # low score
+            [10.0, 10.0, 60.0, 60.0],  # label of two words
+            [10.0, 10.0, 60.0, 60.0],  # label not in the caption
+            [10.0, 10.0, 60.0, 60.0],  # label with regex characters, present
+        ]
+    )
+    scores = tf.constant([0.9, 0.9, 0.9, 0.9, 0.2, 0.9, 0.9, 0.9])
+    labels = tf.constant(["dog", "dog", "dog", "dog", "dog", "teddy bear", "cat", "c++"])
+    caption = tf.constant("a dog, a teddy bear and c++ code")
+    got = filters.entity_candidates(boxes, scores, labels, caption, 100 * 100, f)
+    assert got.numpy().tolist() == [True, False, False, False, False, False, False, True]
+    mask = np.zeros((2, 20, 20), bool)
+    mask[0, 0:10, 0:6] = True  # 60% of its 10x10 box
+    mask[1, 0:10, 0:5] = True  # 50%
+    fills = filters.mask_fills_box(
+        tf.constant(mask), tf.constant([[0.0, 0.0, 10.0, 10.0]] * 2), f.min_mask_fill
+    )
+    assert fills.numpy().tolist() == [True, False]
+    ranked = tf.constant(
+        [
+            [0.0, 0.0, 10.0, 10.0],
+            [1.0, 1.0, 9.0, 9.0],  # inside box 0
+            [20.0, 0.0, 30.0, 10.0],
+            [40.0, 0.0, 50.0, 10.0],
+        ]
+    )
+    chosen = filters.rank_and_select(
+        ranked, tf.constant([0.5, 0.9, 0.7, 0.6]), tf.constant([True] * 4), f.max_overlap, 2
+    )
+    assert chosen.numpy().tolist() == [1, 2]  # box 0 overlaps the better box 1; top 2 kept
+    white = np.full((10, 10, 3), 240, np.uint8)
+    white[:, :9] = 100
+    assert float(filters.near_white_fraction(tf.constant(white), 0.9)) == pytest.approx(0.1)
+    crop = filters.crop_box_ok(
+        tf.constant([[0.0, 0.0, 10.0, 21.0], [0.0, 0.0, 10.0, 20.0], [0.0, 0.0, 80.0, 4.0]]), f
+    )
+    assert crop.numpy().tolist() == [True, False, False]  # 210 px²; 200 px²; aspect 20
+
+
+def _batch_of_subjects(background: str, colour=(1.0, 0.0, 0.0)):
+    """Two black 16 px targets, each with a coloured subject filling the box (4, 4)-(12, 12)."""
+    cfg = pipeline.default_config(16)
+    cfg.subject_size, cfg.background = 16, background
+    cfg.augment.flip_probability = cfg.augment.perspective_probability = 0.0
+    cfg.augment.max_rotation_degrees = 0.0
+    images = np.full((2, 16, 16, 3), -1.0, np.float32)  # black
+    images[:, 4:12, 4:12] = 2 * np.array(colour) - 1
+    images[1, :4] = 0.0  # the second target has a grey band on top
+    masks = np.zeros((2, 2, 16, 16), bool)
+    masks[:, 0, 4:12, 4:12] = True
+    boxes = np.zeros((2, 2, 4), np.float32)
+    boxes[:, 0] = [0.25, 0.25, 0.75, 0.75]
+    valid = np.array([[True, False], [True, False]])
+    draws = np.full((2, 2, augment.SUBJECT_DRAWS), 0.5, np.float32)
+    pixels = augment.subject_images(
+        tf.constant(images),
+        tf.constant(masks),
+        tf.constant(boxes),
+        tf.constant(valid),
+        tf.constant(draws),
+        tf.constant([0, 0], tf.int64),
+        cfg,
+    )
+    return pixels.numpy(), np.array(CLIP_MEAN), np.array(CLIP_STD)
+
+
+def test_subject_on_white_fills_the_canvas_and_empty_slots_are_zero():
+    pixels, mean, std = _batch_of_subjects("white")
+    red, white = (np.eye(3)[0] - mean) / std, (1.0 - mean) / std
+    inner = pixels[:, 0, 1:-1, 1:-1]  # the outermost ring blends with the white padding
+    np.testing.assert_allclose(inner, np.broadcast_to(red, inner.shape), atol=1e-5)
+    edge = pixels[:, 0, 0, 5]
+    assert np.all((edge > np.minimum(red, white) - 1e-5) & (edge < np.maximum(red, white) + 1e-5))
+    assert np.all(pixels[:, 1] == 0)
+
+
+def test_subject_on_random_background_uses_the_next_image():
+    pixels, mean, std = _batch_of_subjects("random")
+    red = (np.eye(3)[0] - mean) / std
+    # Half the canvas area: an 11x11 px subject at offset floor(0.5 * (16 - 11 + 1)) = 3.
+    np.testing.assert_allclose(pixels[0, 0, 8, 8], red, atol=1e-5)
+    grey = (0.5 - mean) / std
+    np.testing.assert_allclose(pixels[0, 0, 1, 1], grey, atol=1e-5)  # next image's grey band
+    np.testing.assert_allclose(pixels[1, 0, 1, 1], -mean / std, atol=1e-5)  # first's black
+
+
+def test_location_mask_modes():
+    masks = np.zeros((2, 16, 16), bool)
+    masks[0, 2:6, 3:9] = True
+    masks[1, 8:16, 8:16] = True
+    boxes = tf.constant([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
+    valid = tf.constant([True, False])
+    seg = augment.location_mask(boxes, tf.constant(masks), valid, "segmentation", 8)
+    expected = np.ones((8, 8))
+    expected[1:3, 1:4] = 0.0  # nearest sampling at cell centres (2i + 1, 2j + 1)
+    np.testing.assert_array_equal(seg[..., 0], expected)
+    box = augment.location_mask(boxes, tf.constant(masks), valid, "box", 8)
+    assert float(tf.reduce_sum(1 - box)) == 16
+    with pytest.raises(ValueError, match="'ellipse'"):
+        augment.location_mask(boxes, tf.constant(masks), valid, "ellipse", 8)
+
+
+def _take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def _assert_same_batches(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+def test_one_seed_gives_one_stream_and_a_restored_iterator_continues_exactly(good_files, tmp_path):
+    pattern, _ = good_files
+    cfg = _config(pattern, batch_size=2)
+    manager = ocp.CheckpointManager(tmp_path / "ckpt")
+    reference = pipeline.make_iterator(cfg, 0, 1)
+    head = _take(reference, 2)
+    state = {"step": np.array(2)}
+    manager.save(
+        2,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=IteratorSave(reference)),
+    )
+    manager.wait_until_finished()
+    tail = _take(reference, 7)  # past the end of the first epoch (6 batches)
+
+    again = pipeline.make_iterator(cfg, 0, 1)
+    _assert_same_batches(_take(again, 9), head + tail)
+
+    resumed = pipeline.make_iterator(cfg, 0, 1)
+    restored = manager.restore(
+        2,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(state), data=IteratorRestore(resumed)
+        ),
+    )
+    assert restored.data is resumed and int(restored.state["step"]) == 2
+    _assert_same_batches(_take(resumed, 7), tail)
+
+    cfg.seed = 1
+    other = next(pipeline.make_iterator(cfg, 0, 1))
+    assert not np.array_equal(other["image"], head[0]["image"])
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    """A file mixing good records with each kind of bad input, and a truncated file."""
+    folder = tmp_path_factory.mktemp("bad")
+    png = _png(np.zeros((HEIGHT, WIDTH, 3), np.uint8))
+    records = [
+        _record("good-0"),
+        _record("corrupt-image", encoded=png[: len(png) // 2]),
+        _record("good-1"),
+        _record("bad-mask", mask_png=b"not a png"),
+        _record("mask-size", mask_png=schema.encode_mask_png(np.ones((HEIGHT - 1, WIDTH), bool))),
+        _record("box-outside", box=(-6.0, 10.0, 40.0, 50.0)),
+        _record("zero-box", box=(14.0, 10.0, 14.0, 50.0)),
+        b"not an Example",
+        _record("near-white", pixels=np.full((HEIGHT, WIDTH, 3), 250, np.uint8)),
+        _record("placeholder", caption="a sks dog and a cat"),
+        _record("no-subject", caption="a puppy and a kitten"),
+        _record("good-2"),
+    ]
+    mixed = _write(folder / "a-mixed.tfrecord", records)
+    truncated = _write(folder / "b-truncated.tfrecord", [_record(f"t-{i}") for i in range(3)])
+    with open(truncated, "r+b") as f:
+        f.truncate(os.path.getsize(truncated) - 100)
+    return str(folder / "*.tfrecord"), mixed, truncated
+
+
+def _bad_config(pattern, strict):
+    return _config(
+        pattern, batch_size=1, num_epochs=1, shuffle_buffer=1, shuffle_files=False, strict=strict
+    )
+
+
+def test_bad_input_is_counted_and_skipped(bad_files):
+    pattern, _, _ = bad_files
+    iterator = pipeline.make_iterator(_bad_config(pattern, strict=False), 0, 1)
+    batches = list(iterator)
+    assert len(batches) == 5  # 3 good in the mixed file, 2 before the truncation
+    assert all(b["subject_valid"][0, 0] for b in batches)
+    assert iterator.stats == {
+        "corrupt_file": 1,
+        "bad_record": 1,
+        "corrupt_image": 1,
+        "bad_mask": 1,
+        "mask_size": 1,
+        "bad_box": 2,
+        "near_white": 1,
+        "placeholder_in_caption": 1,
+        "no_subject": 1,
+    }
+
+
+def test_strict_mode_names_the_file_and_record_of_bad_input(bad_files):
+    pattern, mixed, truncated = bad_files
+    iterator = pipeline.make_iterator(_bad_config(pattern, strict=True), 0, 1)
+    errors, delivered = [], 0
+    while True:
+        try:
+            next(iterator)
+            delivered += 1
+        except DataError as error:
+            errors.append(str(error))
+        except StopIteration:
+            break
+    assert delivered == 5
+    assert sorted(errors) == sorted(
+        [
+            f"{mixed}: record 1: corrupt_image",
+            f"{mixed}: record 3: bad_mask",
+            f"{mixed}: record 4: mask_size",
+            f"{mixed}: record 5: bad_box",
+            f"{mixed}: record 6: bad_box",
+            f"{mixed}: record 7: bad_record",
+            f"{truncated}: record 2: corrupt_file",
+        ]
+    )
+
+
+def test_files_are_split_by_process(good_files):
+    files = [f"f{i}" for i in range(5)]
+    assert pipeline.host_files(files, 1, 2) == ["f1", "f3"]
+    with pytest.raises(ValueError, match="process 3 gets none"):
+        pipeline.host_files(files[:3], 3, 4)
+    pattern, _ = good_files
+    with pytest.raises(ValueError, match="not divisible by 3 processes"):
+        pipeline.build_dataset(_config(pattern), 0, 3)
+    with pytest.raises(FileNotFoundError, match="nothing-here"):
+        pipeline.list_files("/nothing-here/*.tfrecord")
