@@ -1,4 +1,4 @@
-"""Build sdjax training records (TFRecord schema version 1) from COCO, Subject-Diffusion tars or JSONL.
+r"""Build sdjax training records (TFRecord schema version 1) from COCO, Subject-Diffusion tars or JSONL.
 
     python data/build_tfrecords.py coco --instances instances_val2017.json \
         --captions captions_val2017.json --image_dir val2017 --data_dir /data/records
@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import argparse
 import glob
+import os
 import shlex
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `data` and `sdjax` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a script: make `data` and `sdjax` importable, here and
+    # in the worker processes a local Beam runner starts
+    _ROOT = str(Path(__file__).resolve().parents[1])
+    sys.path.insert(0, _ROOT)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))
 
 from data.coco import CocoSource  # noqa: E402
 from data.manifest import ManifestSource  # noqa: E402
@@ -61,9 +65,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         out.add_argument("--num_shards", type=int, default=None, help="default: tfds sizes them")
         out.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
         checks = sub.add_argument_group("checks")
-        checks.add_argument("--require_label_in_caption", type=_flag, default=True)
-        checks.add_argument("--min_entities", type=int, default=BuildOptions.min_entities)
-        checks.add_argument("--box_tolerance", type=float, default=BuildOptions.box_tolerance)
+        checks.add_argument(
+            "--require_label_in_caption",
+            type=_flag,
+            default=True,
+            help="true (default): drop entities whose label the caption does not name",
+        )
+        checks.add_argument(
+            "--min_entities",
+            type=int,
+            default=BuildOptions.min_entities,
+            help="skip images with fewer kept entities (default %(default)s)",
+        )
+        checks.add_argument(
+            "--box_tolerance",
+            type=float,
+            default=BuildOptions.box_tolerance,
+            help="pixels a box may overshoot the image and be clipped (default %(default)s)",
+        )
         checks.add_argument("--strict", action="store_true", help="stop at the first bad record")
         checks.add_argument("--tokenizer", default=None, help="model folder with a tokenizer/")
         beam = sub.add_argument_group("Apache Beam")

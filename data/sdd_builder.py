@@ -19,7 +19,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tqdm import tqdm
 
-from data.records import BuildOptions, Outcome, Reason, Report, Source, process_unit
+from data.records import BuildOptions, Outcome, Report, Source, process_unit
 from sdjax.input_pipeline import schema
 
 DATASET_NAME = "sdd"
@@ -79,7 +79,6 @@ def report_from_metrics(pipeline_result: Any) -> Report:
 
     report = Report()
     query = pipeline_result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
-    known = {r.value for r in Reason}
     for counter in query["counters"]:
         name = counter.key.metric.name
         value = counter.committed if counter.committed is not None else counter.attempted
@@ -87,12 +86,10 @@ def report_from_metrics(pipeline_result: Any) -> Report:
             report.examples = value
         elif name == "entities":
             report.entities = value
-        for prefix, counts in (
-            (_IMAGE_SKIP, report.skipped_images),
-            (_ENTITY_SKIP, report.skipped_entities),
-        ):
-            if name.startswith(prefix) and name[len(prefix) :] in known:
-                counts[name[len(prefix) :]] = counts.get(name[len(prefix) :], 0) + value
+        elif name.startswith(_IMAGE_SKIP):
+            report.skipped_images[name.removeprefix(_IMAGE_SKIP)] = value
+        elif name.startswith(_ENTITY_SKIP):
+            report.skipped_entities[name.removeprefix(_ENTITY_SKIP)] = value
     return report
 
 

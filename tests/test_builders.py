@@ -437,6 +437,12 @@ def test_beam_direct_runner(tmp_path, sample_files):
     local_records = [r.numpy() for r in tf.data.TFRecordDataset(sample_files)]
     assert beam_records == local_records
 
+    # Skips reach the report through the Beam counters.
+    source = ManifestSource((_bad_manifest(tmp_path, "mask size"),))
+    result = build(source, tmp_path / "bad", beam_runner="DirectRunner", beam_options=options)
+    assert result.report.examples == 2 and result.report.entities == 2
+    assert result.report.skipped_entities == {Reason.MASK_SIZE.value: 1}
+
 
 def test_builds_are_byte_identical(tmp_path, sample_files):
     # A second build in a fresh process, through the script: tfds' own serializer would order
