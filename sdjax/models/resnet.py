@@ -7,11 +7,20 @@ logical axis names of `sdjax.models.layers`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from sdjax.models.layers import DType, GroupNorm, activation, conv, linear
+
+
+def remat_call(remat: bool, block: nnx.Module, *args: Any) -> Any:
+    """`block(*args)`, rematerialised in the backward pass (gradient checkpointing) if `remat`."""
+    if not remat:
+        return block(*args)
+    return nnx.remat(lambda module, *inputs: module(*inputs))(block, *args)
 
 
 class ResnetBlock2D(nnx.Module):
@@ -96,7 +105,7 @@ def upsample_nearest(x: jax.Array, size: tuple[int, int] | None = None) -> jax.A
     Output pixel i reads input pixel floor(i * in / out), PyTorch's `mode="nearest"` rule.
     """
     height, width = x.shape[1:3]
-    if size is None:
+    if size is None or tuple(size) == (2 * height, 2 * width):
         return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
     rows = (jnp.arange(size[0]) * height) // size[0]
     cols = (jnp.arange(size[1]) * width) // size[1]

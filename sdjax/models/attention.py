@@ -1,0 +1,271 @@
+"""Attention for the UNet: self-attention, the gated grounding adapter, cross-attention with maps.
+
+Modules mirror diffusers' names (`Transformer2DModel.norm/proj_in/transformer_blocks/proj_out`,
+`BasicTransformerBlock.norm1/attn1/fuser/norm2/attn2/norm3/ff`, `Attention.to_q/to_k/to_v/to_out`,
+GLIGEN's `GatedSelfAttentionDense.linear/attn/ff/norm1/norm2/alpha_attn/alpha_dense`);
+`ATTENTION_RENAMES` spells the few keys that differ (`to_out.0`, `ff.net.0.proj`, `ff.net.2`).
+
+Logical axis names of parameters: q/k/v kernels ("embed", "heads"), output kernels
+("heads", "embed"), feed-forward kernels ("embed", "mlp") in and ("mlp", "embed") out, the adapter
+gates () (scalars); the rest as in `sdjax.models.layers`.
+
+Attention logits and softmax are float32 whatever the compute dtype (diffusers'
+`upcast_attention` is therefore always on). Without maps, attention runs fused
+(`jax.nn.dot_product_attention`); asking for maps takes the explicit path, which returns the
+head-averaged probabilities at the requested key positions.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sdjax.models.layers import DType, GroupNorm, LayerNorm, conv, linear
+from sdjax.models.resnet import remat_call
+
+QKV_AXES = ("embed", "heads")
+OUT_AXES = ("heads", "embed")
+MLP_OUT_AXES = ("mlp", "embed")
+GATE_AXES = ()
+FF_MULT = 4
+TRANSFORMER_NORM_EPS = 1e-6  # the GroupNorm in front of every Transformer2DModel
+LAYER_NORM_EPS = 1e-5
+
+ATTENTION_RENAMES = (
+    (r"\.to_out\.(weight|bias)$", r".to_out.0.\1"),
+    (r"\.ff\.proj_in\.", ".ff.net.0.proj."),
+    (r"\.ff\.proj_out\.", ".ff.net.2."),
+)
+
+
+def attention_probs(q: jax.Array, k: jax.Array) -> jax.Array:
+    """Softmax attention probabilities (B, N, T, S) float32 of q (B, T, N, H) and k (B, S, N, H)."""
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
+    return jax.nn.softmax(logits * q.shape[-1] ** -0.5, axis=-1)
+
+
+def probs_at(probs: jax.Array, positions: jax.Array) -> jax.Array:
+    """Head-averaged probabilities (B, T, K) at key positions (B, K) of probs (B, N, T, S)."""
+    index = jnp.broadcast_to(positions[:, None, None, :], (*probs.shape[:3], positions.shape[-1]))
+    return jnp.take_along_axis(probs, index, axis=-1).mean(axis=1)
+
+
+class Attention(nnx.Module):
+    """Multi-head attention: `to_q`, `to_k`, `to_v` (no bias) and `to_out`."""
+
+    def __init__(
+        self,
+        query_dim: int,
+        *,
+        heads: int,
+        dim_head: int,
+        context_dim: int | None = None,
+        dtype: DType = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        inner = heads * dim_head
+        context_dim = context_dim or query_dim
+        self.heads = heads
+
+        def proj(n_in: int, n_out: int, axes: tuple[str, str], bias: bool) -> nnx.Linear:
+            return linear(n_in, n_out, use_bias=bias, axes=axes, dtype=dtype, rngs=rngs)
+
+        self.to_q = proj(query_dim, inner, QKV_AXES, False)
+        self.to_k = proj(context_dim, inner, QKV_AXES, False)
+        self.to_v = proj(context_dim, inner, QKV_AXES, False)
+        self.to_out = proj(inner, query_dim, OUT_AXES, True)
+
+    def _qkv(self, x: jax.Array, context: jax.Array | None):
+        context = x if context is None else context
+
+        def split(t: jax.Array) -> jax.Array:
+            return t.reshape(*t.shape[:2], self.heads, -1)
+
+        return split(self.to_q(x)), split(self.to_k(context)), split(self.to_v(context))
+
+    def _out(self, o: jax.Array) -> jax.Array:
+        return self.to_out(o.reshape(*o.shape[:2], -1))
+
+    def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+        """Fused attention of x (B, T, D) over context (B, S, C) (x itself when None)."""
+        q, k, v = self._qkv(x, context)
+        return self._out(jax.nn.dot_product_attention(q, k, v))
+
+    def with_maps(
+        self, x: jax.Array, context: jax.Array | None, positions: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """Attention computed explicitly, plus its head-averaged probabilities at `positions`."""
+        q, k, v = self._qkv(x, context)
+        probs = attention_probs(q, k)
+        o = jnp.einsum("bnts,bsnh->btnh", probs.astype(v.dtype), v)
+        return self._out(o), probs_at(probs, positions)
+
+
+class FeedForward(nnx.Module):
+    """GEGLU feed-forward: `proj_in` to 2×inner, value × GELU(gate), `proj_out` back."""
+
+    def __init__(self, dim: int, *, dtype: DType = jnp.float32, rngs: nnx.Rngs):
+        inner = dim * FF_MULT
+        self.proj_in = linear(dim, 2 * inner, dtype=dtype, rngs=rngs)
+        self.proj_out = linear(inner, dim, axes=MLP_OUT_AXES, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        value, gate = jnp.split(self.proj_in(x), 2, axis=-1)
+        return self.proj_out(value * jax.nn.gelu(gate, approximate=False))
+
+
+def _gate(alpha: nnx.Param, scale: float | jax.Array, dtype: jnp.dtype) -> jax.Array:
+    return (scale * jnp.tanh(alpha[...])).astype(dtype)
+
+
+class GatedSelfAttentionDense(nnx.Module):
+    """The grounding adapter (GLIGEN's gated self-attention), gates `alpha_*` zero at init.
+
+    x ← x + β·tanh(α_attn)·SelfAttn(LN(concat[x, linear(g)]))[:, :N]
+    x ← x + β·tanh(α_dense)·FF(LN(x))
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        context_dim: int,
+        *,
+        heads: int,
+        dim_head: int,
+        dtype: DType = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.linear = linear(context_dim, query_dim, dtype=dtype, rngs=rngs)
+        self.attn = Attention(query_dim, heads=heads, dim_head=dim_head, dtype=dtype, rngs=rngs)
+        self.ff = FeedForward(query_dim, dtype=dtype, rngs=rngs)
+        self.norm1 = LayerNorm(query_dim, LAYER_NORM_EPS, rngs=rngs)
+        self.norm2 = LayerNorm(query_dim, LAYER_NORM_EPS, rngs=rngs)
+        self.alpha_attn = nnx.Param(jnp.zeros((), jnp.float32), out_sharding=GATE_AXES)
+        self.alpha_dense = nnx.Param(jnp.zeros((), jnp.float32), out_sharding=GATE_AXES)
+
+    def __call__(
+        self, x: jax.Array, grounding: jax.Array, scale: float | jax.Array = 1.0
+    ) -> jax.Array:
+        n_visual = x.shape[1]
+        objs = self.linear(grounding).astype(x.dtype)
+        attended = self.attn(self.norm1(jnp.concatenate([x, objs], axis=1)))[:, :n_visual]
+        x = x + _gate(self.alpha_attn, scale, x.dtype) * attended
+        return x + _gate(self.alpha_dense, scale, x.dtype) * self.ff(self.norm2(x))
+
+
+class BasicTransformerBlock(nnx.Module):
+    """Self-attention → grounding adapter (`fuser`) → cross-attention → feed-forward, pre-norm."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        heads: int,
+        dim_head: int,
+        context_dim: int,
+        grounding_dim: int | None,
+        dtype: DType = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.norm1 = LayerNorm(dim, LAYER_NORM_EPS, rngs=rngs)
+        self.attn1 = Attention(dim, heads=heads, dim_head=dim_head, dtype=dtype, rngs=rngs)
+        self.fuser = (
+            GatedSelfAttentionDense(
+                dim, grounding_dim, heads=heads, dim_head=dim_head, dtype=dtype, rngs=rngs
+            )
+            if grounding_dim is not None
+            else None
+        )
+        self.norm2 = LayerNorm(dim, LAYER_NORM_EPS, rngs=rngs)
+        self.attn2 = Attention(
+            dim, heads=heads, dim_head=dim_head, context_dim=context_dim, dtype=dtype, rngs=rngs
+        )
+        self.norm3 = LayerNorm(dim, LAYER_NORM_EPS, rngs=rngs)
+        self.ff = FeedForward(dim, dtype=dtype, rngs=rngs)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        context: jax.Array,
+        grounding: jax.Array | None = None,
+        adapter_scale: float | jax.Array = 1.0,
+        positions: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """Returns the new tokens and, when `positions` is given, the cross-attention map."""
+        x = x + self.attn1(self.norm1(x))
+        if grounding is not None and self.fuser is not None:
+            x = self.fuser(x, grounding, adapter_scale)
+        if positions is None:
+            attended, maps = self.attn2(self.norm2(x), context), None
+        else:
+            attended, maps = self.attn2.with_maps(self.norm2(x), context, positions)
+        x = x + attended
+        return x + self.ff(self.norm3(x)), maps
+
+
+class Transformer2DModel(nnx.Module):
+    """GroupNorm → `proj_in` → transformer blocks over the H·W tokens → `proj_out`, residual.
+
+    The projections are 1×1 convolutions (SD 1.x) or linear layers (`use_linear_projection`,
+    SD 2.x); on NHWC both act on the channel axis.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        heads: int,
+        context_dim: int,
+        num_layers: int = 1,
+        groups: int = 32,
+        use_linear_projection: bool = False,
+        grounding_dim: int | None = None,
+        remat: bool = False,
+        dtype: DType = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if channels % heads:
+            raise ValueError(f"{channels} channels do not split into {heads} attention heads")
+        self.remat = remat
+        self.norm = GroupNorm(channels, groups, TRANSFORMER_NORM_EPS, rngs=rngs)
+
+        def proj() -> nnx.Module:
+            if use_linear_projection:
+                return linear(channels, channels, dtype=dtype, rngs=rngs)
+            return conv(channels, channels, 1, dtype=dtype, rngs=rngs)
+
+        self.proj_in = proj()
+        self.transformer_blocks = nnx.List(
+            [
+                BasicTransformerBlock(
+                    channels,
+                    heads=heads,
+                    dim_head=channels // heads,
+                    context_dim=context_dim,
+                    grounding_dim=grounding_dim,
+                    dtype=dtype,
+                    rngs=rngs,
+                )
+                for _ in range(num_layers)
+            ]
+        )
+        self.proj_out = proj()
+
+    def __call__(
+        self,
+        x: jax.Array,
+        context: jax.Array,
+        grounding: jax.Array | None = None,
+        adapter_scale: float | jax.Array = 1.0,
+        positions: jax.Array | None = None,
+    ) -> tuple[jax.Array, list[jax.Array]]:
+        """Returns the new feature map (B, H, W, C) and one (B, H, W, K) map per block if asked."""
+        batch, height, width, channels = x.shape
+        h = self.proj_in(self.norm(x)).reshape(batch, height * width, channels)
+        maps = []
+        for block in self.transformer_blocks:
+            h, m = remat_call(self.remat, block, h, context, grounding, adapter_scale, positions)
+            if m is not None:
+                maps.append(m.reshape(batch, height, width, -1))
+        return x + self.proj_out(h.reshape(batch, height, width, channels)), maps
