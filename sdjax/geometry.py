@@ -78,23 +78,19 @@ def mask_pixels_in_boxes(masks: tf.Tensor, boxes: tf.Tensor) -> tf.Tensor:
     """(N,) count of nonzero pixels of each (N, H, W) mask inside its own box.
 
     The box is taken on the integer grid as rows `int(y0):int(y1)`, columns `int(x0):int(x1)`
-    (coordinates truncated, as the reference's tensor slicing does).
+    (coordinates truncated, as the reference's tensor slicing does). Counted as a float32
+    row-mask-column product: exact below 2**24 pixels.
     """
-    inside = tf.cast(tf.cast(masks, tf.bool), tf.int32)
-    integral = tf.pad(tf.cumsum(tf.cumsum(inside, axis=1), axis=2), [[0, 0], [1, 0], [1, 0]])
-    height = tf.shape(masks)[1]
-    width = tf.shape(masks)[2]
-    corners = tf.cast(tf.floor(boxes), tf.int32)
-    x0 = tf.clip_by_value(corners[:, 0], 0, width)
-    y0 = tf.clip_by_value(corners[:, 1], 0, height)
-    x1 = tf.clip_by_value(corners[:, 2], 0, width)
-    y1 = tf.clip_by_value(corners[:, 3], 0, height)
-    index = tf.range(tf.shape(masks)[0])
+    inside = tf.cast(tf.cast(masks, tf.bool), tf.float32)
+    corners = tf.floor(boxes)
 
-    def at(y, x):
-        return tf.gather_nd(integral, tf.stack([index, y, x], axis=-1))
+    def span(length, start, stop):
+        index = tf.range(length, dtype=boxes.dtype)
+        return tf.cast((index >= start[:, None]) & (index < stop[:, None]), tf.float32)
 
-    return at(y1, x1) - at(y0, x1) - at(y1, x0) + at(y0, x0)
+    rows = span(tf.shape(masks)[1], corners[:, 1], corners[:, 3])
+    columns = span(tf.shape(masks)[2], corners[:, 0], corners[:, 2])
+    return tf.cast(tf.einsum("nh,nhw,nw->n", rows, inside, columns), tf.int32)
 
 
 def square_crop_containing(
@@ -135,6 +131,14 @@ def cell_centres(size: int) -> tf.Tensor:
     return (tf.range(size, dtype=tf.float32) + 0.5) / size
 
 
+def nearest_indices(length: tf.Tensor, size: int) -> tf.Tensor:
+    """(size,) source index each cell of a `size`-long axis reads when resampling a `length`-long
+    one by nearest neighbour: the pixel under the cell centre."""
+    length = tf.cast(length, tf.float32)
+    index = tf.floor(cell_centres(size) * length)
+    return tf.cast(tf.minimum(index, length - 1), tf.int32)
+
+
 def box_regions(boxes: tf.Tensor, size: int) -> tf.Tensor:
     """(..., size, size) bool: which cells of a `size` x `size` grid have their centre in each box.
 
@@ -156,12 +160,15 @@ def background_of_boxes(boxes: tf.Tensor, valid: tf.Tensor, size: int) -> tf.Ten
 def fill_holes(masks: tf.Tensor) -> tf.Tensor:
     """Fill (..., H, W) masks: a pixel is set when its row and its column both hold mask pixels
     on each side of it (itself included), the reference's fast cavity filling."""
-    inside = tf.cast(tf.cast(masks, tf.bool), tf.int32)
+    inside = tf.cast(masks, tf.bool)
 
     def spanned(axis):
-        before = tf.cumsum(inside, axis=axis)
-        after = tf.cumsum(inside, axis=axis, reverse=True)
-        return (before > 0) & (after > 0)
+        length = tf.shape(inside)[axis]
+        shape = tf.where(tf.range(tf.rank(inside)) == tf.rank(inside) + axis, length, 1)
+        index = tf.reshape(tf.range(length), shape)
+        first = tf.reduce_min(tf.where(inside, index, length), axis=axis, keepdims=True)
+        last = tf.reduce_max(tf.where(inside, index, -1), axis=axis, keepdims=True)
+        return (index >= first) & (index <= last)
 
     return spanned(-1) & spanned(-2)
 

@@ -278,19 +278,21 @@ def test_entity_filters_each_rule():
     assert crop.numpy().tolist() == [True, False, False]  # 210 px²; 200 px²; aspect 20
 
 
-def _batch_of_subjects(background: str, colour=(1.0, 0.0, 0.0)):
-    """Two black 16 px targets, each with a coloured subject filling the box (4, 4)-(12, 12)."""
+def _batch_of_subjects(background: str, box=(4, 4, 12, 12)):
+    """Two black 16 px targets, each with a red subject filling `box` (x0, y0, x1, y1), and the
+    CLIP-normalised subject images with augmentation off."""
     cfg = pipeline.default_config(16)
     cfg.subject_size, cfg.background = 16, background
     cfg.augment.flip_probability = cfg.augment.perspective_probability = 0.0
     cfg.augment.max_rotation_degrees = 0.0
-    images = np.full((2, 16, 16, 3), -1.0, np.float32)  # black
-    images[:, 4:12, 4:12] = 2 * np.array(colour) - 1
+    x0, y0, x1, y1 = box
+    images = np.full((2, 16, 16, 3), -1.0, np.float32)
+    images[:, y0:y1, x0:x1] = [1.0, -1.0, -1.0]
     images[1, :4] = 0.0  # the second target has a grey band on top
     masks = np.zeros((2, 2, 16, 16), bool)
-    masks[:, 0, 4:12, 4:12] = True
+    masks[:, 0, y0:y1, x0:x1] = True
     boxes = np.zeros((2, 2, 4), np.float32)
-    boxes[:, 0] = [0.25, 0.25, 0.75, 0.75]
+    boxes[:, 0] = np.array(box) / 16
     valid = np.array([[True, False], [True, False]])
     draws = np.full((2, 2, augment.SUBJECT_DRAWS), 0.5, np.float32)
     pixels = augment.subject_images(
@@ -305,13 +307,14 @@ def _batch_of_subjects(background: str, colour=(1.0, 0.0, 0.0)):
     return pixels.numpy(), np.array(CLIP_MEAN), np.array(CLIP_STD)
 
 
-def test_subject_on_white_fills_the_canvas_and_empty_slots_are_zero():
-    pixels, mean, std = _batch_of_subjects("white")
+def test_subject_on_white_is_padded_square_and_empty_slots_are_zero():
+    # An 8x4 box padded to an 8x8 square and scaled by 2: canvas rows 4-11 hold the subject.
+    pixels, mean, std = _batch_of_subjects("white", box=(4, 6, 12, 10))
     red, white = (np.eye(3)[0] - mean) / std, (1.0 - mean) / std
-    inner = pixels[:, 0, 1:-1, 1:-1]  # the outermost ring blends with the white padding
+    inner = pixels[:, 0, 5:11, 1:-1]  # the outer ring of the subject blends with its surroundings
     np.testing.assert_allclose(inner, np.broadcast_to(red, inner.shape), atol=1e-5)
-    edge = pixels[:, 0, 0, 5]
-    assert np.all((edge > np.minimum(red, white) - 1e-5) & (edge < np.maximum(red, white) + 1e-5))
+    for band in (pixels[:, 0, :3], pixels[:, 0, 13:]):  # beyond the 1 px bilinear seam
+        np.testing.assert_allclose(band, np.broadcast_to(white, band.shape), atol=1e-5)
     assert np.all(pixels[:, 1] == 0)
 
 
@@ -319,7 +322,9 @@ def test_subject_on_random_background_uses_the_next_image():
     pixels, mean, std = _batch_of_subjects("random")
     red = (np.eye(3)[0] - mean) / std
     # Half the canvas area: an 11x11 px subject at offset floor(0.5 * (16 - 11 + 1)) = 3.
-    np.testing.assert_allclose(pixels[0, 0, 8, 8], red, atol=1e-5)
+    np.testing.assert_allclose(
+        pixels[:, 0, 5:12, 5:12], np.broadcast_to(red, (2, 7, 7, 3)), atol=1e-5
+    )
     grey = (0.5 - mean) / std
     np.testing.assert_allclose(pixels[0, 0, 1, 1], grey, atol=1e-5)  # next image's grey band
     np.testing.assert_allclose(pixels[1, 0, 1, 1], -mean / std, atol=1e-5)  # first's black

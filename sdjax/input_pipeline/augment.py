@@ -49,8 +49,9 @@ def crop_target(
     square = image[y : y + side, x : x + side]
     pixels = tf.image.resize(square, [resolution, resolution], "bilinear", antialias=True)
     pixels = tf.clip_by_value(pixels / 127.5 - 1.0, -1.0, 1.0)
-    square_masks = tf.cast(masks[:, y : y + side, x : x + side, None], tf.uint8)
-    resized = tf.image.resize(square_masks, [resolution, resolution], "nearest")[..., 0] != 0
+    rows = y + geometry.nearest_indices(side, resolution)
+    columns = x + geometry.nearest_indices(side, resolution)
+    resized = tf.gather(tf.gather(masks, rows, axis=1), columns, axis=2)
     if fill_mask_holes:
         resized = geometry.fill_holes(resized)
     return Target(pixels, resized, geometry.crop_boxes(boxes, x, y, side))
@@ -170,7 +171,9 @@ def subject_images(
     valid: (B, S); u: (B, S, SUBJECT_DRAWS) uniform draws; noise_seed: (2,) for noise backgrounds.
     Each subject is cut out by its mask within its box, pasted on the background (white; or
     `random`: the next example's target image, or uniform noise in a batch of one), then flipped,
-    rotated and warped in perspective (the canvas outside reads `augment.fill_value`).
+    rotated and warped in perspective (the canvas outside reads `augment.fill_value`). Image and
+    mask are resampled separately and then blended, as the reference does. One bilinear resampling
+    per image does placement and augmentation together.
     """
     batch, slots = boxes.shape[0], boxes.shape[1]
     resolution = images.shape[1]
@@ -191,20 +194,21 @@ def subject_images(
         backdrop_map = tf.eye(3, batch_shape=[batch])
     else:
         raise ValueError(f"background must be 'white' or 'random', got {cfg.background!r}")
-    in_box = geometry.box_regions(boxes, resolution)
-    alpha = tf.cast(masks & in_box, tf.float32)
+    alpha = tf.cast(masks & geometry.box_regions(boxes, resolution), tf.float32)[..., None]
     per_slot = []
     for slot in range(slots):
         draws = u[:, slot]
         canvas = augmentation_sampling(draws, size, aug)
-        placed = placement_sampling(
-            boxes[:, slot], draws[:, PLACEMENT], resolution, size, cfg.background
+        to_target = (
+            placement_sampling(
+                boxes[:, slot], draws[:, PLACEMENT], resolution, size, cfg.background
+            )
+            @ canvas
         )
-        a = alpha[:, slot, ..., None]
-        cut = geometry.warp_images(tf.concat([source * a, a], axis=-1), placed @ canvas, size)
+        subject = geometry.warp_images(source, to_target, size)
+        opacity = geometry.warp_images(alpha[:, slot], to_target, size)
         behind = geometry.warp_images(backdrop, backdrop_map @ canvas, size, aug.fill_value)
-        composite = cut[..., :3] + behind * (1.0 - cut[..., 3:])
-        per_slot.append(composite)
+        per_slot.append(subject * opacity + behind * (1.0 - opacity))
     pixels = tf.stack(per_slot, axis=1)
     normalised = (pixels - tf.constant(aug.clip_mean)) / tf.constant(aug.clip_std)
     return tf.where(valid[..., None, None, None], normalised, 0.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 import tensorflow as tf
 
@@ -10,7 +12,8 @@ from sdjax import geometry
 
 def near_white_fraction(image: tf.Tensor, threshold: float) -> tf.Tensor:
     """Share of pixels of a (H, W, 3) uint8 image whose every channel exceeds `threshold` of 255."""
-    bright = tf.reduce_all(tf.cast(image, tf.float32) / 255.0 > threshold, axis=-1)
+    # For integer x: x / 255 > threshold  <=>  x > floor(255 * threshold).
+    bright = tf.reduce_all(image > tf.cast(math.floor(255 * threshold), tf.uint8), axis=-1)
     return tf.reduce_mean(tf.cast(bright, tf.float32))
 
 
