@@ -27,8 +27,9 @@ _FILE, _RECORD, _REASON, _COUNTS = "_file", "_record", "_reason", "_counts"
 class PipelineIterator:
     """Yields dict batches of numpy arrays; `tf_iterator` is the state to checkpoint.
 
-    `stats` counts the records skipped, by reason, up to the last batch delivered. In strict mode
-    a bad record raises `DataError` naming its file and record index.
+    `stats` counts the records skipped, by reason, up to the last example delivered (so skips after
+    it, at the very end of a finite stream, are not seen). In strict mode a bad record raises
+    `DataError` naming its file and record index; iteration may go on after it.
     """
 
     def __init__(self, dataset: tf.data.Dataset, strict: bool):

@@ -1,13 +1,24 @@
 """The tf.data input pipeline of Subject-Diffusion training (SPEC §2-§3).
 
-Stages: this host's TFRecord files (split by process) -> interleaved reading with a per-file
-integrity check -> record shuffle -> repeat -> enumerate (the stream index seeds each example) ->
-parallel per-example processing (parse, filters, crop, masks, prompt ids, dropout flags) -> a
-running count of skip reasons -> filter -> batch -> per-batch subject images -> prefetch.
+Stages: this host's TFRecord files (split by process, shuffled, repeated per epoch) -> interleaved
+reading with a per-file integrity check -> record shuffle -> enumerate (the stream index seeds
+each example) -> parallel per-example processing (parse, checks, filters, crop, masks, prompt ids,
+dropout flags) -> a running count of skip reasons -> filter -> batch -> per-batch subject images
+-> prefetch.
 
 Every random draw is stateless, seeded by (seed, process index, stream index), and every stage is
 deterministic, so a seed fixes the batches whatever the parallelism; the tf.data iterator state
 (shuffle buffer and position included) goes into the training checkpoint (`iterator_state`).
+
+Where the reference leaves room, the reader does this:
+- Mask fill: a record holds one binary mask per entity, so "the dominant mask fills >= 0.6 of its
+  box" is the entity's own mask pixels inside its (integer-truncated) box over the box area.
+- Crop: the square keeps every subject kept by the filters (top `max_subjects`); when none does,
+  the centre square is used and boxes are clipped to it before the 200 px² check.
+- Prompt: ids as `sdjax.tokenizer.assemble_template`; a subject whose `sks` falls past the 77-id
+  limit loses its slot (its partial clause stays in the ids, as plain truncation leaves it).
+- Random background: the next example of the batch (cyclically), uniform noise in a batch of one.
+- Masks are decoded only for entities that pass the mask-free filters.
 """
 
 from __future__ import annotations
@@ -48,7 +59,7 @@ def default_config(resolution: int = REFERENCE_RESOLUTION) -> ml_collections.Con
     c.strict = False  # raise a DataError on bad input instead of counting and skipping it
     c.num_epochs = ml_collections.config_dict.placeholder(int)  # None: repeat forever
     c.shuffle_files = True
-    c.shuffle_buffer = 1000  # records (encoded), also held in every iterator checkpoint
+    c.shuffle_buffer = 512  # encoded records; every iterator checkpoint holds them too
     c.interleave_cycle_length = 16  # files read at once; fixed, so the order is too
     c.prefetch_batches = 2
 
