@@ -11,8 +11,10 @@ gates () (scalars); the rest as in `sdjax.models.layers`.
 
 Attention logits and softmax are float32 whatever the compute dtype (diffusers'
 `upcast_attention` is therefore always on). Without maps, attention runs fused
-(`jax.nn.dot_product_attention`); asking for maps takes the explicit path, which returns the
-head-averaged probabilities at the requested key positions.
+(`jax.nn.dot_product_attention`; its XLA path, used on CPU, takes bfloat16 q/k with float32
+accumulation, softmaxes in float32 and casts the probabilities to v's dtype). Asking for maps takes
+the explicit path, which computes the same way and also returns the head-averaged probabilities
+at the requested key positions.
 """
 
 from __future__ import annotations

@@ -118,12 +118,15 @@ class UNetConfig:
         unsupported = [
             f"{key}={value!r}"
             for key, value in config.items()
-            if key in _DIFFUSERS_FIXED and value != _DIFFUSERS_FIXED[key]
+            if key in _DIFFUSERS_FIXED and value not in _DIFFUSERS_FIXED[key]
         ]
         unknown = sorted(
             k
             for k in config
-            if not k.startswith("_") and k not in _DIFFUSERS_FIXED and k not in _DIFFUSERS_FIELDS
+            if not k.startswith("_")
+            and k not in _DIFFUSERS_FIXED
+            and k not in _DIFFUSERS_FIELDS
+            and k not in _DIFFUSERS_INERT
         )
         if config.get("attention_type", "default") not in ("default", "gated"):
             unsupported.append(f"attention_type={config['attention_type']!r}")
@@ -147,35 +150,36 @@ class UNetConfig:
 
 _DIFFUSERS_FIELDS = {f.name for f in dataclasses.fields(UNetConfig)} | {"attention_type"}
 # diffusers options sdjax supports only at these values (a UNet2DConditionModel's defaults).
-_DIFFUSERS_FIXED: dict[str, Any] = {
-    "center_input_sample": False,
-    "only_cross_attention": False,
-    "mid_block_only_cross_attention": None,
-    "dual_cross_attention": False,
-    "dropout": 0.0,
-    "num_attention_heads": None,
-    "reverse_transformer_layers_per_block": None,
-    "encoder_hid_dim": None,
-    "encoder_hid_dim_type": None,
-    "class_embed_type": None,
-    "num_class_embeds": None,
-    "class_embeddings_concat": False,
-    "projection_class_embeddings_input_dim": None,
-    "addition_embed_type": None,
-    "addition_time_embed_dim": None,
-    "addition_embed_type_num_heads": 64,
-    "resnet_time_scale_shift": "default",
-    "resnet_skip_time_act": False,
-    "resnet_out_scale_factor": 1.0,
-    "time_embedding_type": "positional",
-    "time_embedding_dim": None,
-    "time_embedding_act_fn": None,
-    "timestep_post_act": None,
-    "time_cond_proj_dim": None,
-    "conv_in_kernel": 3,
-    "conv_out_kernel": 3,
-    "cross_attention_norm": None,
+_DIFFUSERS_FIXED: dict[str, tuple[Any, ...]] = {
+    "center_input_sample": (False,),
+    "only_cross_attention": (False,),
+    "mid_block_only_cross_attention": (None, False),
+    "dual_cross_attention": (False,),
+    "dropout": (0.0,),
+    "num_attention_heads": (None,),
+    "reverse_transformer_layers_per_block": (None,),
+    "encoder_hid_dim": (None,),
+    "encoder_hid_dim_type": (None,),
+    "class_embed_type": (None,),
+    "num_class_embeds": (None,),
+    "class_embeddings_concat": (False,),
+    "projection_class_embeddings_input_dim": (None,),
+    "addition_embed_type": (None,),
+    "addition_time_embed_dim": (None,),
+    "resnet_time_scale_shift": ("default",),
+    "resnet_skip_time_act": (False,),
+    "resnet_out_scale_factor": (1.0,),
+    "time_embedding_type": ("positional",),
+    "time_embedding_dim": (None,),
+    "time_embedding_act_fn": (None,),
+    "timestep_post_act": (None,),
+    "time_cond_proj_dim": (None,),
+    "conv_in_kernel": (3,),
+    "conv_out_kernel": (3,),
+    "cross_attention_norm": (None,),
 }
+# diffusers options without effect here (they only act with an option fixed off above).
+_DIFFUSERS_INERT = {"addition_embed_type_num_heads"}
 
 
 @dataclasses.dataclass
@@ -189,7 +193,7 @@ class Conditioning:
     positions: jax.Array | None
 
 
-def _resnet(cfg: UNetConfig, c_in: int, c_out: int, rngs: nnx.Rngs, scale: float = 1.0):
+def _new_resnet(cfg: UNetConfig, c_in: int, c_out: int, rngs: nnx.Rngs, scale: float = 1.0):
     return ResnetBlock2D(
         c_in,
         c_out,
@@ -203,7 +207,7 @@ def _resnet(cfg: UNetConfig, c_in: int, c_out: int, rngs: nnx.Rngs, scale: float
     )
 
 
-def _transformer(cfg: UNetConfig, channels: int, block: int, rngs: nnx.Rngs):
+def _new_transformer(cfg: UNetConfig, channels: int, block: int, rngs: nnx.Rngs):
     return Transformer2DModel(
         channels,
         heads=cfg.per_block("attention_head_dim")[block],
@@ -226,8 +230,11 @@ class _Stage(nnx.Module):
     remat: bool
     record_maps: bool
 
-    def _layer(self, i: int, h: jax.Array, cond: Conditioning, maps: list) -> jax.Array:
-        h = remat_call(self.remat, self.resnets[i], h, cond.temb)
+    def _resnet(self, i: int, h: jax.Array, cond: Conditioning) -> jax.Array:
+        return remat_call(self.remat, self.resnets[i], h, cond.temb)
+
+    def _attend(self, i: int, h: jax.Array, cond: Conditioning, maps: list) -> jax.Array:
+        """The i-th transformer (if any); its cross-attention maps go to `maps` if recorded."""
         if self.attentions is None:
             return h
         positions = cond.positions if self.record_maps else None
@@ -248,10 +255,10 @@ class DownBlock(_Stage):
         self.remat = cfg.remat
         self.record_maps = 2**index in cfg.attention_map_factors
         self.resnets = nnx.List(
-            [_resnet(cfg, c_in if j == 0 else c_out, c_out, rngs) for j in range(layers)]
+            [_new_resnet(cfg, c_in if j == 0 else c_out, c_out, rngs) for j in range(layers)]
         )
         self.attentions = (
-            nnx.List([_transformer(cfg, c_out, index, rngs) for _ in range(layers)])
+            nnx.List([_new_transformer(cfg, c_out, index, rngs) for _ in range(layers)])
             if cfg.down_block_types[index] == CROSS_DOWN
             else None
         )
@@ -269,7 +276,7 @@ class DownBlock(_Stage):
         """Returns the output and the skip connections it leaves for the up path."""
         skips = []
         for i in range(len(self.resnets)):
-            h = self._layer(i, h, cond, maps)
+            h = self._attend(i, self._resnet(i, h, cond), cond, maps)
             skips.append(h)
         if self.downsamplers is not None:
             h = self.downsamplers[0](h)
@@ -286,18 +293,16 @@ class UNetMidBlock2DCrossAttn(_Stage):
         self.remat = cfg.remat
         self.record_maps = 2 ** (n - 1) in cfg.attention_map_factors
         self.resnets = nnx.List(
-            [_resnet(cfg, channels, channels, rngs, cfg.mid_block_scale_factor) for _ in range(2)]
+            [
+                _new_resnet(cfg, channels, channels, rngs, cfg.mid_block_scale_factor)
+                for _ in range(2)
+            ]
         )
-        self.attentions = nnx.List([_transformer(cfg, channels, n - 1, rngs)])
+        self.attentions = nnx.List([_new_transformer(cfg, channels, n - 1, rngs)])
 
     def __call__(self, h: jax.Array, cond: Conditioning, maps: list) -> jax.Array:
-        h = remat_call(self.remat, self.resnets[0], h, cond.temb)
-        positions = cond.positions if self.record_maps else None
-        h, new_maps = self.attentions[0](
-            h, cond.context, cond.grounding, cond.adapter_scale, positions
-        )
-        maps.extend(new_maps)
-        return remat_call(self.remat, self.resnets[1], h, cond.temb)
+        h = self._attend(0, self._resnet(0, h, cond), cond, maps)
+        return self._resnet(1, h, cond)
 
 
 class UpBlock(_Stage):
@@ -313,7 +318,7 @@ class UpBlock(_Stage):
         self.record_maps = 2**block in cfg.attention_map_factors
         self.resnets = nnx.List(
             [
-                _resnet(
+                _new_resnet(
                     cfg,
                     (c_prev if j == 0 else c_out) + (c_skip if j == layers - 1 else c_out),
                     c_out,
@@ -323,7 +328,7 @@ class UpBlock(_Stage):
             ]
         )
         self.attentions = (
-            nnx.List([_transformer(cfg, c_out, block, rngs) for _ in range(layers)])
+            nnx.List([_new_transformer(cfg, c_out, block, rngs) for _ in range(layers)])
             if cfg.up_block_types[index] == CROSS_UP
             else None
         )
@@ -336,7 +341,8 @@ class UpBlock(_Stage):
     ) -> jax.Array:
         """Consumes its skip connections from the end of `skips` (in place)."""
         for i in range(len(self.resnets)):
-            h = self._layer(i, jnp.concatenate([h, skips.pop()], axis=-1), cond, maps)
+            h = jnp.concatenate([h, skips.pop()], axis=-1)
+            h = self._attend(i, self._resnet(i, h, cond), cond, maps)
         if self.upsamplers is not None:
             h = self.upsamplers[0](h, skips[-1].shape[1:3])
         return h
