@@ -112,6 +112,16 @@ def one_thread(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resolution", type=int, default=512)
@@ -149,7 +159,7 @@ def main() -> None:
     step_time = 1.0 / args.steps_per_second
     one_core_time = args.per_device_batch * args.devices_per_host / per_core
     print(
-        f"machine: {platform.processor() or platform.machine()}, {cores} cores; "
+        f"machine: {cpu_name()}, {cores} cores; "
         f"tensorflow {tf.__version__}, python {platform.python_version()}"
     )
     print(
