@@ -8,6 +8,8 @@ same continuous coordinates, and a "sampling map" sends an output point to the i
 
 from __future__ import annotations
 
+import functools
+
 import tensorflow as tf
 
 
@@ -100,7 +102,8 @@ def square_crop_containing(
 
     The square's side is the image's shorter side; its offset along the longer side is drawn
     uniformly among the integer offsets that contain the boxes, from `u` (2,) in [0, 1). When no
-    such offset exists the crop is centred. With no valid box any offset qualifies. Returns int32 `x, y, side` and `contained` (bool).
+    such offset exists the crop is centred. With no valid box any offset qualifies. Returns int32
+    `x, y, side` and `contained` (bool).
     """
     width = tf.cast(width, tf.int32)
     height = tf.cast(height, tf.int32)
@@ -161,46 +164,39 @@ def fill_holes(masks: tf.Tensor) -> tf.Tensor:
     """Fill (..., H, W) masks: a pixel is set when its row and its column both hold mask pixels
     on each side of it (itself included), the reference's fast cavity filling."""
     inside = tf.cast(masks, tf.bool)
+    height, width = tf.shape(inside)[-2], tf.shape(inside)[-1]
 
-    def spanned(axis):
-        length = tf.shape(inside)[axis]
-        shape = tf.where(tf.range(tf.rank(inside)) == tf.rank(inside) + axis, length, 1)
-        index = tf.reshape(tf.range(length), shape)
+    def spanned(index, axis, length):
         first = tf.reduce_min(tf.where(inside, index, length), axis=axis, keepdims=True)
         last = tf.reduce_max(tf.where(inside, index, -1), axis=axis, keepdims=True)
         return (index >= first) & (index <= last)
 
-    return spanned(-1) & spanned(-2)
+    return spanned(tf.range(width), -1, width) & spanned(tf.range(height)[:, None], -2, height)
+
+
+def _matrix(rows) -> tf.Tensor:
+    """(..., 3, 3) matrices from 3 rows of 3 broadcastable (...) entries."""
+    entries = [tf.convert_to_tensor(v, tf.float32) for row in rows for v in row]
+    shape = functools.reduce(tf.broadcast_dynamic_shape, [tf.shape(e) for e in entries])
+    flat = tf.stack([tf.broadcast_to(e, shape) for e in entries], axis=-1)
+    return tf.reshape(flat, tf.concat([shape, [3, 3]], axis=0))
 
 
 def translation(tx: tf.Tensor, ty: tf.Tensor) -> tf.Tensor:
     """(..., 3, 3) homography `p -> p + (tx, ty)`."""
-    tx = tf.convert_to_tensor(tx, tf.float32)
-    ty = tf.convert_to_tensor(ty, tf.float32)
-    one = tf.ones_like(tx)
-    zero = tf.zeros_like(tx)
-    rows = [[one, zero, tx], [zero, one, ty], [zero, zero, one]]
-    return tf.stack([tf.stack(r, axis=-1) for r in rows], axis=-2)
+    return _matrix([[1.0, 0.0, tx], [0.0, 1.0, ty], [0.0, 0.0, 1.0]])
 
 
 def scaling(sx: tf.Tensor, sy: tf.Tensor) -> tf.Tensor:
     """(..., 3, 3) homography `(x, y) -> (sx x, sy y)`."""
-    sx = tf.convert_to_tensor(sx, tf.float32)
-    sy = tf.convert_to_tensor(sy, tf.float32)
-    zero = tf.zeros_like(sx)
-    one = tf.ones_like(sx)
-    rows = [[sx, zero, zero], [zero, sy, zero], [zero, zero, one]]
-    return tf.stack([tf.stack(r, axis=-1) for r in rows], axis=-2)
+    return _matrix([[sx, 0.0, 0.0], [0.0, sy, 0.0], [0.0, 0.0, 1.0]])
 
 
 def rotation(angle: tf.Tensor, cx: tf.Tensor, cy: tf.Tensor) -> tf.Tensor:
     """(..., 3, 3) rotation by `angle` radians about `(cx, cy)`."""
     angle = tf.convert_to_tensor(angle, tf.float32)
     cos, sin = tf.cos(angle), tf.sin(angle)
-    zero = tf.zeros_like(angle)
-    one = tf.ones_like(angle)
-    rows = [[cos, -sin, zero], [sin, cos, zero], [zero, zero, one]]
-    turn = tf.stack([tf.stack(r, axis=-1) for r in rows], axis=-2)
+    turn = _matrix([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
     return translation(cx, cy) @ turn @ translation(-cx, -cy)
 
 
@@ -208,7 +204,7 @@ def horizontal_flip(flip: tf.Tensor, width: float) -> tf.Tensor:
     """(..., 3, 3) mirror `x -> width - x` where `flip`, identity elsewhere."""
     sign = tf.where(flip, -1.0, 1.0)
     shift = tf.where(flip, float(width), 0.0)
-    return translation(shift, tf.zeros_like(shift)) @ scaling(sign, tf.ones_like(sign))
+    return _matrix([[sign, 0.0, shift], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
 
 
 def homography_from_points(src: tf.Tensor, dst: tf.Tensor) -> tf.Tensor:

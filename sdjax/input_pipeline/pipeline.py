@@ -338,6 +338,7 @@ def read_file(path: tf.Tensor, size: tf.Tensor) -> tf.data.Dataset:
 
 
 def _count_reasons(counts: tf.Tensor, example: dict):
+    """Running per-reason count of the records seen, attached to each example."""
     counts += tf.one_hot(example["_reason"], NUM_REASONS, dtype=tf.int64)
     return counts, {**example, "_counts": counts}
 
