@@ -464,6 +464,7 @@ def test_config_from_folder_and_unsupported_options(sd1):
     config = unet_config_from_folder(path, attention_map_factors=(1,))
     assert config.in_channels == 4 and config.attention_head_dim == 8
     assert config.block_out_channels == (32, 64) and not config.use_linear_projection
+    assert hash(UNetConfig(block_out_channels=[320, 640, 1280, 1280])) is not None
     inert = {"mid_block_only_cross_attention": False, "addition_embed_type_num_heads": 8}
     assert UNetConfig.from_diffusers({**SD2_BASE, **inert}).attention_head_dim == (5, 10, 20, 20)
     with pytest.raises(ValueError, match=r"class_embed_type='timestep'"):

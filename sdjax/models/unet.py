@@ -69,6 +69,10 @@ class UNetConfig:
     attention_map_factors: tuple[int, ...] = (2, 4, 8)
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):  # lists (JSON, ConfigDict) → tuples: hashable
+            value = getattr(self, field.name)
+            if isinstance(value, list):
+                object.__setattr__(self, field.name, tuple(value))
         n = len(self.block_out_channels)
         if len(self.down_block_types) != n or len(self.up_block_types) != n:
             raise ValueError(
@@ -140,11 +144,7 @@ class UNetConfig:
                 "UNet config options not supported by sdjax: "
                 + ", ".join(unsupported + [f"{k} (unknown option)" for k in unknown])
             )
-        values = {
-            k: tuple(v) if isinstance(v, list) else v
-            for k, v in config.items()
-            if k in _DIFFUSERS_FIELDS and k != "attention_type"
-        }
+        values = {k: v for k, v in config.items() if k in _DIFFUSERS_FIELDS - {"attention_type"}}
         return cls(**{**values, **overrides})
 
 
