@@ -1,0 +1,383 @@
+"""`SubjectDiffusionPipeline`: a prompt and subject images in, images out (SPEC §4).
+
+The host prepares arrays (token ids, reference images, layout boxes, initial noise); one compiled
+function then encodes the subjects and prompts, runs every denoising step in a `lax.fori_loop`
+(three guidance branches as one batched UNet call) and decodes with the VAE in float32. Prompts,
+subjects, layouts, seeds, guidance and adapter scales and the interpolation window are array
+inputs: changing them reuses the compiled function. Sampler, step count, image size and batch
+size are part of its shape and compile anew.
+
+Batches are split over a 1-D mesh of devices (data parallel, parameters replicated), padded to
+the batch size. Image n of a call starts from noise drawn from (seed, n) alone, so deterministic
+samplers give the same image whatever the batching or device count.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from ml_collections import ConfigDict
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import CLIPTokenizer
+
+from sdjax.models.subject_diffusion import SubjectDiffusion
+from sdjax.sampling.errors import SamplingInputError
+from sdjax.sampling.guidance import (
+    Conditions,
+    Guidance,
+    branch_inputs,
+    combine_branches,
+    make_guidance,
+    subject_phase,
+)
+from sdjax.sampling.images import to_pil
+from sdjax.sampling.layout import RandomLayout, check_image_size, location_mask, resolve_layouts
+from sdjax.sampling.prompts import prompt_ids
+from sdjax.sampling.subjects import Subject, read_subject, reference_image, subject_box
+from sdjax.schedulers import (
+    SAMPLERS,
+    Sampler,
+    SchedulerConfig,
+    from_diffusers_config,
+    get_sampler,
+    make_schedule,
+    sample_loop,
+)
+from sdjax.sharding import batch_sharding, make_mesh, replicated
+from sdjax.tokenizer import load_tokenizer
+
+MESH_AXIS = "data"
+DEFAULT_PER_DEVICE_BATCH = 4
+
+
+class SamplingInputs(NamedTuple):
+    """One batch of per-image inputs, batch first."""
+
+    noise: jax.Array  # (B, h, w, C) float32 unit Gaussian
+    subject_pixels: jax.Array  # (B, S, s, s, 3) float32, CLIP-normalised
+    subject_boxes: jax.Array  # (B, S, 4) float32 layout boxes in the output image
+    subject_valid: jax.Array  # (B, S) bool
+    prompt_ids: jax.Array  # (B, L) int32 template prompt
+    placeholder_positions: jax.Array  # (B, S) int32; 0: the subject's placeholder was cut
+    plain_ids: jax.Array  # (B, L) int32 the prompt without subject clauses
+    negative_ids: jax.Array  # (B, L) int32
+
+
+@functools.cache
+def cached_sampler(name: str) -> Sampler:
+    """One `Sampler` object per name, so it is a stable static argument of `jax.jit`."""
+    return get_sampler(name)
+
+
+def initial_noise(seed: jax.Array, indices: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """(len(indices), *shape) unit Gaussian float32; image n's noise depends on (seed, n) only."""
+    key = jax.random.fold_in(jax.random.key(seed), 0)
+    return jax.vmap(lambda n: jax.random.normal(jax.random.fold_in(key, n), shape))(indices)
+
+
+def step_noise_key(seed: jax.Array, batch_index: jax.Array) -> jax.Array:
+    """Key of the per-step noise of stochastic samplers for one batch of a call."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), batch_index)
+
+
+def conditions(model: SubjectDiffusion, inputs: SamplingInputs) -> Conditions:
+    """Encodes the subjects and the three prompts of a batch."""
+    valid = inputs.subject_valid
+    grounding, subject_embeds = model.encode_subjects(
+        inputs.subject_pixels, inputs.subject_boxes, valid
+    )
+    net = model.grounding.config
+    batch, slots = valid.shape
+    null = model.grounding(
+        jnp.zeros((1, slots, net.num_patch_tokens, net.patch_dim), jnp.float32),
+        jnp.zeros((1, slots, 4), jnp.float32),
+        jnp.zeros((1, slots), bool),
+    )
+    positions = inputs.placeholder_positions
+    fused = model.encode_prompt(
+        inputs.prompt_ids, subject_embeds, positions, valid & (positions > 0)
+    )
+    height, width = inputs.noise.shape[1:3]
+    return Conditions(
+        subject_context=fused,
+        plain_context=model.encode_prompt(inputs.plain_ids),
+        negative_context=model.encode_prompt(inputs.negative_ids),
+        location_mask=location_mask(inputs.subject_boxes, valid, height, width),
+        grounding=grounding,
+        null_grounding=jnp.broadcast_to(null, (batch, *null.shape[1:])),
+    )
+
+
+def sample_batch(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    inputs: SamplingInputs,
+    guidance: Guidance,
+    seed: jax.Array,
+    batch_index: jax.Array,
+    *,
+    sampler_name: str,
+    steps: int,
+    schedule_config: SchedulerConfig,
+    scaling_factor: float,
+) -> jax.Array:
+    """Images (B, H, W, 3) float32 in [0, 1] of one batch: encode, denoise, decode."""
+    model = nnx.merge(graphdef, params)
+    cond = conditions(model, inputs)
+    sampler = cached_sampler(sampler_name)
+    schedule = make_schedule(schedule_config)
+    state = sampler.init_state(schedule, steps, inputs.noise)
+
+    def model_fn(latents: jax.Array, timestep: jax.Array, step: jax.Array) -> jax.Array:
+        phase = subject_phase(step, guidance)
+        sample, context, grounding = branch_inputs(latents, cond, phase)
+        eps = model.unet(
+            sample,
+            timestep,
+            context,
+            grounding,
+            adapter_scale=jnp.where(phase, guidance.adapter_scale, 0.0),
+        )
+        return combine_branches(eps, guidance.text_scale, guidance.image_scale)
+
+    key = step_noise_key(seed, batch_index)
+    latents = sample_loop(sampler, schedule, state, model_fn, inputs.noise, key)
+    decoded = model.vae.decode(latents.astype(jnp.float32) / scaling_factor)
+    return jnp.clip((decoded.astype(jnp.float32) + 1.0) / 2.0, 0.0, 1.0)
+
+
+class SubjectDiffusionPipeline:
+    """Generates images of subjects from a prompt with a `SubjectDiffusion` model.
+
+    model, config: the model and its full sdjax config (the sections read: `data` for the pad id,
+    default resolution, CLIP mean/std and the random-layout ranges; `scheduler`; `sampling` for
+    defaults; `train.vae_scaling_factor`). tokenizer: CLIP BPE (default: the bundled one).
+    devices: the devices to split each batch over (default: all local devices). batch_size:
+    images per compiled call, a multiple of the device count (default: up to
+    `DEFAULT_PER_DEVICE_BATCH` per device, fewer for fewer images).
+    """
+
+    def __init__(
+        self,
+        model: SubjectDiffusion,
+        config: ConfigDict,
+        tokenizer: CLIPTokenizer | None = None,
+        *,
+        devices: Sequence[jax.Device] | None = None,
+        batch_size: int | None = None,
+    ):
+        self.config = config
+        self.tokenizer = tokenizer or load_tokenizer()
+        self.devices = list(devices or jax.local_devices())
+        if batch_size is not None and (batch_size <= 0 or batch_size % len(self.devices)):
+            raise SamplingInputError(
+                f"batch_size={batch_size} must be a positive multiple of {len(self.devices)} devices"
+            )
+        self.batch_size = batch_size
+        self.mesh = make_mesh({MESH_AXIS: len(self.devices)}, self.devices)
+        self.max_subjects = model.grounding.config.max_subjects
+        self.subject_size = model.image_encoder.config.image_size
+        self.max_length = model.text_encoder.config.max_position_embeddings
+        self.latent_channels = model.vae.config.latent_channels
+        self.vae_factor = model.vae.downsample_factor
+        self.size_multiple = self.vae_factor * 2 ** (len(model.unet.config.block_out_channels) - 1)
+        self.schedule_config = from_diffusers_config(config.scheduler.to_dict())
+        filters = config.data.filters
+        self.random_layout = RandomLayout(
+            area=(filters.min_area_ratio, filters.max_area_ratio),
+            aspect=(filters.min_aspect, filters.max_aspect),
+        )
+        graphdef, params = nnx.split(model)
+        self.params = jax.device_put(params, replicated(self.mesh))
+        self.sample_fn = jax.jit(
+            functools.partial(sample_batch, graphdef),
+            static_argnames=("sampler_name", "steps", "schedule_config", "scaling_factor"),
+        )
+        self.noise_fn = jax.jit(
+            initial_noise, static_argnames=("shape",), out_shardings=self._batch_sharding
+        )
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs) -> SubjectDiffusionPipeline:
+        """The pipeline of an sdjax export folder (`sdjax_config.json`, `unet/`, ..., `tokenizer/`)."""
+        from sdjax.weights import load_subject_diffusion
+
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"no exported model folder at {path}")
+        model, config = load_subject_diffusion(path)
+        return cls(model, config, load_tokenizer(path), **kwargs)
+
+    @property
+    def _batch_sharding(self) -> jax.sharding.NamedSharding:
+        return batch_sharding(self.mesh, (MESH_AXIS,))
+
+    def __call__(
+        self, prompt: str, subjects: Sequence[Subject] = (), **kwargs
+    ) -> list[Image.Image]:
+        """The generated images as PIL images; arguments as in `generate`."""
+        return to_pil(self.generate(prompt, subjects, **kwargs))
+
+    def generate(
+        self,
+        prompt: str,
+        subjects: Sequence[Subject] = (),
+        *,
+        num_images: int = 1,
+        steps: int | None = None,
+        scheduler: str | None = None,
+        guidance_text: float | None = None,
+        guidance_image: float | None = None,
+        seed: int = 0,
+        height: int | None = None,
+        width: int | None = None,
+        negative_prompt: str = "",
+        adapter_scale: float | None = None,
+        interpolation: tuple[float, float] = (0.0, 1.0),
+        latents: np.ndarray | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Images (num_images, height, width, 3) float32 in [0, 1].
+
+        steps, scheduler (one of `sdjax.schedulers.SAMPLERS`), guidance_text (s_T),
+        guidance_image (s_I), adapter_scale (beta): default to the config's `sampling` section.
+        height, width: default to the training resolution. negative_prompt: replaces the empty
+        prompt of the i and u branches (see `sdjax.sampling.guidance`). interpolation: the
+        (start, end) fractions of the schedule that use the subjects; other steps run the base
+        model. latents: optional initial noise (num_images, height/f, width/f, C), f the VAE factor.
+        """
+        defaults = self.config.sampling
+        steps = defaults.steps if steps is None else steps
+        scheduler = scheduler or defaults.sampler
+        height = self.config.data.resolution if height is None else height
+        width = self.config.data.resolution if width is None else width
+        if not isinstance(num_images, int) or num_images < 1:
+            raise SamplingInputError(f"num_images={num_images!r} must be a positive integer")
+        if not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise SamplingInputError(f"seed={seed!r} must be an integer in [0, 2**32)")
+        check_image_size(height, width, self.size_multiple)
+        if scheduler not in SAMPLERS:
+            raise SamplingInputError(
+                f"scheduler {scheduler!r} is unknown; choose one of {sorted(SAMPLERS)}"
+            )
+        max_steps = self.schedule_config.num_train_timesteps
+        if not isinstance(steps, int) or not 1 <= steps <= max_steps:
+            raise SamplingInputError(f"steps={steps!r} must be an integer in [1, {max_steps}]")
+        guidance = make_guidance(
+            defaults.guidance_text if guidance_text is None else guidance_text,
+            defaults.guidance_image if guidance_image is None else guidance_image,
+            defaults.adapter_scale if adapter_scale is None else adapter_scale,
+            interpolation,
+            steps,
+        )
+        latent_shape = (height // self.vae_factor, width // self.vae_factor, self.latent_channels)
+        if latents is not None and np.shape(latents) != (num_images, *latent_shape):
+            raise SamplingInputError(
+                f"latents have shape {np.shape(latents)}, expected {(num_images, *latent_shape)}"
+            )
+        per_image = self._prepare(
+            prompt, subjects, negative_prompt, num_images, seed, width / height
+        )
+
+        batch = self._batch_size(num_images)
+        static = dict(
+            sampler_name=scheduler,
+            steps=steps,
+            schedule_config=self.schedule_config,
+            scaling_factor=float(self.config.train.vae_scaling_factor),
+        )
+        outputs = []
+        with tqdm(total=num_images, unit="image", desc="sampling", disable=not progress) as bar:
+            for index, start in enumerate(range(0, num_images, batch)):
+                indices = np.arange(start, start + batch)
+                take = np.minimum(indices, num_images - 1)  # pad with copies of the last image
+                if latents is None:
+                    noise = self.noise_fn(
+                        jnp.uint32(seed), self._put(indices.astype(np.int32)), shape=latent_shape
+                    )
+                else:
+                    noise = self._put(np.asarray(latents, np.float32)[take])
+                inputs = SamplingInputs(noise, *(self._put(a[take]) for a in per_image))
+                images = self.sample_fn(
+                    self.params, inputs, guidance, jnp.uint32(seed), jnp.int32(index), **static
+                )
+                kept = min(batch, num_images - start)
+                outputs.append(np.asarray(jax.device_get(images))[:kept])
+                bar.update(kept)
+        return np.concatenate(outputs)
+
+    def _batch_size(self, num_images: int) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        devices = len(self.devices)
+        return devices * min(-(-num_images // devices), DEFAULT_PER_DEVICE_BATCH)
+
+    def _put(self, array: np.ndarray) -> jax.Array:
+        return jax.device_put(array, self._batch_sharding)
+
+    def _prepare(
+        self,
+        prompt: str,
+        subjects: Sequence[Subject],
+        negative_prompt: str,
+        num_images: int,
+        seed: int,
+        pixel_aspect: float,
+    ) -> tuple[np.ndarray, ...]:
+        """Host arrays of every `SamplingInputs` field but the noise, num_images first."""
+        subjects = list(subjects)
+        slots = self.max_subjects
+        if len(subjects) > slots:
+            raise SamplingInputError(
+                f"{len(subjects)} subjects given but the model has {slots} subject slots"
+            )
+        pixels = np.zeros((slots, self.subject_size, self.subject_size, 3), np.float32)
+        own_boxes = []
+        augment = self.config.data.augment
+        for i, subject in enumerate(subjects):
+            image, mask = read_subject(subject)
+            own_boxes.append(subject_box(subject, mask))
+            pixels[i] = reference_image(
+                image, mask, own_boxes[-1], self.subject_size, augment.clip_mean, augment.clip_std
+            )
+        boxes = np.zeros((num_images, slots, 4), np.float32)
+        boxes[:, : len(subjects)] = resolve_layouts(
+            [s.layout for s in subjects],
+            own_boxes,
+            num_images,
+            seed,
+            self.random_layout,
+            pixel_aspect,
+        ).reshape(num_images, len(subjects), 4)
+        valid = np.arange(slots) < len(subjects)
+
+        labels = [s.resolved_label() for s in subjects]
+        ids = functools.partial(
+            prompt_ids, self.tokenizer, pad_id=self.config.data.pad_id, max_length=self.max_length
+        )
+        template = ids(prompt, labels)
+        plain = ids(prompt, [], warn=False) if labels else template
+        negative = ids(negative_prompt, [], what="negative prompt")
+        positions = np.zeros(slots, np.int32)
+        positions[: len(subjects)] = template.placeholder_positions
+
+        def repeat(array: np.ndarray) -> np.ndarray:
+            return np.broadcast_to(array, (num_images, *array.shape))
+
+        return (
+            repeat(pixels),
+            boxes,
+            repeat(valid),
+            repeat(template.ids),
+            repeat(positions),
+            repeat(plain.ids),
+            repeat(negative.ids),
+        )
