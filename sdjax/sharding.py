@@ -23,6 +23,7 @@ BATCH_AXES = ("data", "fsdp")
 FSDP_RULES: Rules = (
     ("embed", "fsdp"),
     ("mlp", "fsdp"),
+    ("heads", "fsdp"),
     ("conv_in", "fsdp"),
     ("conv_out", "fsdp"),
     ("vocab", "fsdp"),

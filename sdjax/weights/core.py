@@ -20,6 +20,8 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file
 
+from sdjax.models.tracing import fast_tracing
+
 NnxPath = tuple[str | int, ...]
 Resizer = Callable[[np.ndarray, tuple[int, ...], np.ndarray], np.ndarray]
 
@@ -115,7 +117,8 @@ def load_module(
     Anything else that does not match is an error naming every key and both shapes.
     """
     resize = resize or {}
-    abstract = nnx.eval_shape(lambda: build(nnx.Rngs(seed)))
+    with fast_tracing():
+        abstract = nnx.eval_shape(lambda: build(nnx.Rngs(seed)))
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
     flat = dict(nnx.to_flat_state(params))
     keys = {path: torch_key(path, renames) for path in flat}
@@ -188,7 +191,9 @@ def _initial_values(
         state = nnx.state(build(nnx.Rngs(seed)), nnx.Param)
         return {p: v.get_value() for p, v in nnx.to_flat_state(state) if p in wanted}
 
-    return {p: np.asarray(v) for p, v in init().items()}
+    with fast_tracing():
+        values = init()
+    return {p: np.asarray(v) for p, v in values.items()}
 
 
 def export_state(

@@ -1,0 +1,1 @@
+"""ml_collections configs of sdjax (`--config=configs/NAME.py`)."""

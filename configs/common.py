@@ -1,0 +1,79 @@
+"""Settings shared by every preset: the reference training recipe (SPEC §2) and sampling (§4)."""
+
+from ml_collections import ConfigDict, config_dict
+
+from sdjax.input_pipeline.pipeline import default_config as data_config
+from sdjax.tokenizer import BOS_ID, EOS_ID
+
+
+def base_config(resolution: int) -> ConfigDict:
+    """Everything but the model sizes, at the given training resolution."""
+    c = ConfigDict()
+    c.seed = 0
+    c.workdir = ""  # empty: ./runs/<config name>
+
+    c.model = ConfigDict()
+    c.model.pretrained = (
+        ""  # diffusers Stable Diffusion folder (unet/ vae/ text_encoder/ tokenizer/)
+    )
+    c.model.image_encoder_path = ""  # transformers CLIPVisionModelWithProjection folder
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+    c.model.remat = False
+
+    c.data = data_config(resolution)
+
+    c.train = ConfigDict()
+    c.train.num_steps = 400_000
+    c.train.log_every = 100
+    c.train.checkpoint_every = 1000
+    c.train.keep_checkpoints = 3
+    c.train.sample_every = 5000  # 0: never
+    c.train.lambda_attn = 0.01
+    c.train.attention_loss = "balanced_l1"  # balanced_l1 (reference code) | l1 (paper)
+    c.train.masked_diffusion_loss = False
+    c.train.ema_decay = 0.0  # 0 disables the EMA
+    c.train.on_nonfinite = "stop"  # stop | skip
+    c.train.full_unet = False  # train every UNet parameter instead of SPEC's subset
+    c.train.image_encoder_layers = 0  # also train the image encoder's last N blocks + head
+    c.train.vae_scaling_factor = 0.18215
+    c.train.bos_id = BOS_ID
+    c.train.eos_id = EOS_ID
+    c.train.pad_id = c.data.get_ref("pad_id")
+    c.train.async_checkpoints = True
+    c.train.sigterm_at_step = config_dict.placeholder(
+        int
+    )  # test hook: deliver SIGTERM after step N
+
+    c.optimizer = ConfigDict()
+    c.optimizer.learning_rate = 3e-5
+    c.optimizer.warmup_steps = 1000
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.eps = 1e-8
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.grad_clip_norm = 1.0
+
+    c.scheduler = ConfigDict()
+    c.scheduler.num_train_timesteps = 1000
+    c.scheduler.beta_start = 0.00085
+    c.scheduler.beta_end = 0.012
+    c.scheduler.beta_schedule = "scaled_linear"
+    c.scheduler.prediction_type = "epsilon"
+
+    c.mesh = ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.num_devices = -1  # -1: every device; N: the first N
+    c.distributed = False  # call jax.distributed.initialize() (also when the environment asks)
+
+    c.sampling = ConfigDict()
+    c.sampling.sampler = "ddim"
+    c.sampling.steps = 50
+    c.sampling.guidance_text = 7.5
+    c.sampling.guidance_image = 1.5
+    c.sampling.adapter_scale = 1.0
+
+    c.export = ConfigDict()
+    c.export.weights = "ema"  # ema (when trained with one) | raw
+    c.export.dtype = "float32"  # float32 | bfloat16
+    return c

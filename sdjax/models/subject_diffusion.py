@@ -1,0 +1,95 @@
+"""The whole Subject-Diffusion model: UNet, VAE, fusion text encoder, image encoder, grounding net."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from ml_collections import ConfigDict
+
+from sdjax.models.grounding import GroundingConfig, GroundingNet
+from sdjax.models.image_encoder import CLIPVisionConfig, CLIPVisionModelWithProjection
+from sdjax.models.text_encoder import CLIPTextConfig, CLIPTextModel, CLSProjector
+from sdjax.models.unet import UNet, UNetConfig
+from sdjax.models.vae import AutoencoderKL, VAEConfig
+
+
+class SubjectDiffusion(nnx.Module):
+    """Holds every part; parameter paths start with the part's name (`unet/...`, `text_encoder/...`)."""
+
+    def __init__(
+        self,
+        unet: UNet,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        image_encoder: CLIPVisionModelWithProjection,
+        grounding: GroundingNet,
+        cls_projector: CLSProjector,
+    ):
+        self.unet = unet
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.image_encoder = image_encoder
+        self.grounding = grounding
+        self.cls_projector = cls_projector
+
+    def encode_subjects(
+        self, pixels: jax.Array, boxes: jax.Array, valid: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """Subject images (B, S, H, W, 3), boxes (B, S, 4), valid (B, S) →
+        (grounding tokens (B, S*N, grounding_dim), subject embeddings at text width (B, S, D))."""
+        b, s = pixels.shape[:2]
+        cls, patches = self.image_encoder(pixels.reshape(b * s, *pixels.shape[2:]))
+        patches = patches.reshape(b, s, *patches.shape[1:])
+        tokens = self.grounding(patches, boxes, valid)
+        embeds = self.cls_projector(cls).reshape(b, s, -1)
+        return tokens, embeds
+
+    def encode_prompt(
+        self,
+        input_ids: jax.Array,
+        subject_embeds: jax.Array | None = None,
+        placeholder_positions: jax.Array | None = None,
+        subject_valid: jax.Array | None = None,
+    ) -> jax.Array:
+        """The UNet's cross-attention context: fused text encoder `last_hidden_state`."""
+        return self.text_encoder(input_ids, subject_embeds, placeholder_positions, subject_valid)
+
+
+def part_configs(config: ConfigDict) -> dict:
+    """Typed configs of every part from the `model` section of an sdjax config."""
+    dtype = jnp.dtype(config.dtype)
+    unet = UNetConfig(**config.unet.to_dict(), dtype=dtype, remat=config.remat)
+    text = CLIPTextConfig(**config.text_encoder.to_dict(), dtype=dtype, remat=config.remat)
+    image = CLIPVisionConfig(**config.image_encoder.to_dict(), dtype=dtype, remat=config.remat)
+    vae = VAEConfig(**config.vae.to_dict())
+    grounding = GroundingConfig(
+        **config.grounding.to_dict(),
+        patch_dim=image.hidden_size,
+        num_patch_tokens=(image.image_size // image.patch_size) ** 2,
+        out_dim=unet.grounding_dim,
+        dtype=config.dtype,
+    )
+    return {
+        "unet": unet,
+        "text_encoder": text,
+        "image_encoder": image,
+        "vae": vae,
+        "grounding": grounding,
+    }
+
+
+def build_subject_diffusion(config: ConfigDict, rngs: nnx.Rngs) -> SubjectDiffusion:
+    """A randomly initialised model of the sizes in `config` (the `model` section)."""
+    parts = part_configs(config)
+    text, image = parts["text_encoder"], parts["image_encoder"]
+    return SubjectDiffusion(
+        unet=UNet(parts["unet"], rngs=rngs),
+        vae=AutoencoderKL(parts["vae"], rngs=rngs),
+        text_encoder=CLIPTextModel(text, rngs=rngs),
+        image_encoder=CLIPVisionModelWithProjection(image, rngs=rngs),
+        grounding=GroundingNet(parts["grounding"], rngs=rngs),
+        cls_projector=CLSProjector(
+            image.projection_dim, text.hidden_size, rngs=rngs, dtype=text.dtype
+        ),
+    )

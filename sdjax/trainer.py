@@ -1,0 +1,281 @@
+"""The Subject-Diffusion training loop, top to bottom: mesh → input → model → state → restore →
+compiled step → loop (logging, checkpoints, preemption) → export."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+from ml_collections import ConfigDict
+from tqdm import tqdm
+
+from sdjax import schedulers, sharding
+from sdjax.input_pipeline import pipeline
+from sdjax.input_pipeline.iterator_state import PipelineIterator
+from sdjax.models.subject_diffusion import build_subject_diffusion
+from sdjax.models.tracing import fast_tracing
+from sdjax.training import trainable
+from sdjax.training.checkpoint import Checkpointer
+from sdjax.training.metrics import MetricsWriter
+from sdjax.training.optimizer import learning_rate_schedule, make_optimizer
+from sdjax.training.step import TrainState, init_train_state, make_train_step
+from sdjax.weights.subject_diffusion import load_parts
+
+RUN_CONFIG = "config.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient became NaN/Inf; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    step: int
+    state: TrainState
+    last_metrics: dict[str, float]
+    compilations: int  # how many programs the step compiled to (1 unless shapes changed)
+
+
+class Preemption:
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (then saves and exits)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self) -> Preemption:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def maybe_initialize_distributed(config: ConfigDict) -> None:
+    """Multi-host: `jax.distributed.initialize()` when the config or the environment asks for it."""
+    asked = config.distributed or "JAX_COORDINATOR_ADDRESS" in os.environ
+    if asked and not jax.distributed.is_initialized():
+        jax.distributed.initialize()
+
+
+def init_model(config: ConfigDict, mesh: jax.sharding.Mesh):
+    """The model with sharded parameters: loaded from `config.model.pretrained` (and the image
+    encoder folder), or randomly initialised on device (never on the host)."""
+    if config.model.pretrained:
+        model = load_parts(
+            config.model,
+            base=config.model.pretrained,
+            image_encoder=config.model.image_encoder_path,
+        )
+        state = nnx.state(model)
+        nnx.update(model, jax.device_put(state, sharding.state_shardings(state, mesh)))
+        return model
+    build = lambda: build_subject_diffusion(config.model, nnx.Rngs(config.seed))  # noqa: E731
+    with fast_tracing():
+        graphdef, abstract = nnx.split(nnx.eval_shape(build))
+        shardings = sharding.state_shardings(abstract, mesh)
+        state = jax.jit(lambda: nnx.split(build())[1], out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
+
+
+def split_trainable(model: nnx.Module, config: ConfigDict):
+    """(graphdef, trainable params, frozen rest) with the trainable set of `config.train`."""
+    patterns = trainable.trainable_patterns(
+        full_unet=config.train.full_unet,
+        image_encoder_layers=config.train.image_encoder_layers,
+        num_image_encoder_layers=config.model.image_encoder.num_hidden_layers,
+    )
+    return nnx.split(model, trainable.trainable_filter(patterns), ...)
+
+
+def global_batch(local: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
+    """Assembles the global batch from each host's share."""
+    return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()}
+
+
+def _shardings_of(tree):
+    return jax.tree.map(lambda x: x.sharding, tree)
+
+
+@dataclasses.dataclass
+class Run:
+    """What the loop needs: the sharded train state, frozen weights and the compiled step."""
+
+    graphdef: nnx.GraphDef
+    state: TrainState
+    frozen: nnx.State
+    step_fn: Callable
+
+
+def build_run(config: ConfigDict, mesh: jax.sharding.Mesh) -> Run:
+    """Model and train state on `mesh` (frozen weights stay outside the optimizer and the
+    checkpoints) and the step, jitted once with explicit shardings and a donated state."""
+    model = init_model(config, mesh)
+    graphdef, params, frozen = split_trainable(model, config)
+    del model
+    optimizer = make_optimizer(config.optimizer)
+    state = init_train_state(params, optimizer, config.seed, config.train.ema_decay > 0)
+    state = jax.device_put(state, _state_shardings(state, mesh))
+    schedule = schedulers.make_schedule(schedulers.SchedulerConfig(**config.scheduler.to_dict()))
+    step_fn = jax.jit(
+        make_train_step(graphdef, optimizer, schedule, config.train),
+        in_shardings=(_shardings_of(state), _shardings_of(frozen), sharding.batch_sharding(mesh)),
+        out_shardings=(_shardings_of(state), sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    return Run(graphdef, state, frozen, step_fn)
+
+
+def checkpointer(config: ConfigDict, workdir: Path) -> Checkpointer:
+    tc = config.train
+    return Checkpointer(
+        workdir / "checkpoints",
+        every=tc.checkpoint_every,
+        keep=tc.keep_checkpoints,
+        use_async=tc.async_checkpoints,
+    )
+
+
+def make_run_mesh(config: ConfigDict) -> jax.sharding.Mesh:
+    """The mesh of `config.mesh` over all devices or the first `num_devices`."""
+    mesh_config = config.mesh.to_dict()
+    num_devices = mesh_config.pop("num_devices")
+    devices = jax.devices() if num_devices == -1 else jax.devices()[:num_devices]
+    return sharding.make_mesh(mesh_config, devices)
+
+
+def train(
+    config: ConfigDict,
+    workdir: str | Path,
+    make_batches: Callable[[ConfigDict], PipelineIterator] = pipeline.make_iterator,
+) -> TrainResult:
+    """Trains (or resumes) the run in `workdir` up to `config.train.num_steps`."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / RUN_CONFIG).write_text(config.to_json_best_effort(indent=2))
+    tc = config.train
+
+    # Mesh: one jit over all devices; the batch splits over (data, fsdp), parameters over fsdp.
+    maybe_initialize_distributed(config)
+    mesh = make_run_mesh(config)
+    batch_sharding = sharding.batch_sharding(mesh)
+
+    # Input: this host's files, per-host batch, checkpointable position.
+    batches = make_batches(config.data)
+
+    run = build_run(config, mesh)
+    state, frozen, step_fn = run.state, run.frozen, run.step_fn
+    checkpoints = checkpointer(config, workdir)
+
+    # Restore: the same command resumes from the last checkpoint, on any mesh.
+    start = checkpoints.latest_step() or 0
+    if start:
+        state, batches = checkpoints.restore(start, state, batches)
+    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+    writer.truncate_after(start)
+
+    metrics: dict[str, float] = {}
+    skipped = int(state.skipped)
+    with (
+        Preemption() as preemption,
+        tqdm(
+            total=tc.num_steps, initial=start, desc="train", disable=jax.process_index() != 0
+        ) as bar,
+    ):
+        step = start
+        timer = _StepTimer(step)
+        while step < tc.num_steps:
+            state, step_metrics = step_fn(
+                state, frozen, global_batch(next(batches), batch_sharding)
+            )
+            step += 1
+            bar.update()
+            if tc.sigterm_at_step is not None and step == tc.sigterm_at_step:
+                os.kill(os.getpid(), signal.SIGTERM)
+            if step % tc.log_every == 0 or step == tc.num_steps or preemption.requested:
+                metrics = _log(writer, step, step_metrics, state, timer, config, batches.stats)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                skipped = _check_finite(int(state.skipped), skipped, tc.on_nonfinite, step)
+            if preemption.requested or step % tc.checkpoint_every == 0 or step == tc.num_steps:
+                skipped = _check_finite(int(state.skipped), skipped, tc.on_nonfinite, step)
+                checkpoints.save(step, state, batches, force=True)
+            if preemption.requested:
+                break
+    checkpoints.wait()
+    checkpoints.close()
+    writer.close()
+    return TrainResult(step, state, metrics, step_fn._cache_size())
+
+
+def _state_shardings(state: TrainState, mesh) -> TrainState:
+    """Every leaf whose key path ends with a parameter's path (optimizer moments, EMA) takes that
+    parameter's sharding; everything else (step, counters, RNG) is replicated."""
+    param_shardings = sharding.state_shardings(state.params, mesh)
+    by_path = {
+        _path_key(path): sh
+        for (path, _), sh in zip(
+            jax.tree_util.tree_flatten_with_path(state.params)[0],
+            jax.tree.leaves(param_shardings),
+            strict=True,
+        )
+    }
+    longest = max(len(k) for k in by_path)
+
+    def pick(path, _):
+        key = _path_key(path)
+        for n in range(min(longest, len(key)), 0, -1):
+            if key[-n:] in by_path:
+                return by_path[key[-n:]]
+        return sharding.replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(pick, state)
+
+
+def _path_key(path) -> tuple[str, ...]:
+    return tuple(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path)
+
+
+class _StepTimer:
+    """Wall time and examples per second between log steps (the host syncs only there)."""
+
+    def __init__(self, step: int):
+        self.last_step, self.last_time = step, time.perf_counter()
+
+    def lap(self, step: int) -> float:
+        now = time.perf_counter()
+        per_step = (now - self.last_time) / max(step - self.last_step, 1)
+        self.last_step, self.last_time = step, now
+        return per_step
+
+
+def _log(writer, step, step_metrics, state, timer, config, data_stats) -> dict[str, float]:
+    step_time = timer.lap(step)
+    values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+    values["lr"] = float(learning_rate_schedule(config.optimizer)(step))
+    values["step_time"] = step_time
+    values["examples_per_second"] = config.data.batch_size / step_time
+    values["skipped_steps"] = int(state.skipped)
+    values.update({f"data/skipped_{k}": v for k, v in data_stats.items()})
+    writer.write_scalars(step, values)
+    return values
+
+
+def _check_finite(total_skipped: int, seen: int, policy: str, step: int) -> int:
+    if total_skipped > seen and policy == "stop":
+        raise NonFiniteLossError(
+            f"non-finite loss or gradient before step {step}; the update was dropped and the run "
+            "stopped (the last checkpoint is intact). Set --config.train.on_nonfinite=skip to go on."
+        )
+    return total_skipped

@@ -1,0 +1,1 @@
+"""Training of Subject-Diffusion: trainable set, optimizer, step, checkpoints, metrics."""

@@ -1,0 +1,47 @@
+"""Metrics sinks: WORKDIR/metrics.jsonl, TensorBoard scalars and images."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from tensorboardX import SummaryWriter
+
+
+class MetricsWriter:
+    """Appends one JSON line per logged step and mirrors the scalars to TensorBoard."""
+
+    def __init__(self, workdir: str | Path, enabled: bool = True):
+        self.enabled = enabled
+        self.path = Path(workdir) / "metrics.jsonl"
+        self._tb = SummaryWriter(str(Path(workdir) / "tensorboard")) if enabled else None
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        for name, value in scalars.items():
+            self._tb.add_scalar(name, float(value), int(step))
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        """images: name → (H, W, 3) uint8."""
+        if not self.enabled:
+            return
+        for name, image in images.items():
+            self._tb.add_image(name, image, int(step), dataformats="HWC")
+
+    def truncate_after(self, step: int) -> None:
+        """Drops records past `step` (a resumed run rewrites the steps after its checkpoint)."""
+        if not self.enabled or not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines()
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

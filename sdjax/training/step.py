@@ -1,0 +1,148 @@
+"""The Subject-Diffusion training step (SPEC §1 "Objective", §2 classifier-free dropout).
+
+A pure function of (train state, frozen parameters, batch): the functional `nnx.merge` pattern,
+so `jax.jit` sees plain pytrees and Python stays off the hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+from ml_collections import ConfigDict
+
+from sdjax import losses, schedulers
+from sdjax.schedulers import Schedule
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a checkpoint holds besides the data iterator."""
+
+    step: jax.Array
+    params: nnx.State
+    opt_state: optax.OptState
+    ema: nnx.State
+    rng: jax.Array
+    skipped: jax.Array  # steps whose loss or gradient was not finite (their update was dropped)
+
+
+def init_train_state(
+    params: nnx.State, optimizer: optax.GradientTransformation, seed: int, use_ema: bool
+) -> TrainState:
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        ema=jax.tree.map(jnp.copy, params) if use_ema else nnx.State({}),
+        rng=jax.random.key_data(jax.random.key(seed)),
+        skipped=jnp.zeros((), jnp.int32),
+    )
+
+
+def empty_prompt_ids(bos: int, eos: int, pad: int, length: int) -> jax.Array:
+    """Token ids of the empty prompt (the dropped-text branch)."""
+    return jnp.array([bos, eos] + [pad] * (length - 2), jnp.int32)
+
+
+def supervised_token_targets(batch: dict, sizes: tuple[int, ...]) -> dict[int, jax.Array]:
+    """Target masks (B, r, r, 2S) for each map size r: per subject, its `sks` token then its entity word."""
+    targets = {}
+    for r in sizes:
+        masks = jnp.moveaxis(batch[f"subject_masks_{r}"], 1, -1)  # (B, r, r, S)
+        targets[r] = jnp.concatenate([masks, masks], axis=-1)
+    return targets
+
+
+def subject_diffusion_loss(
+    model,
+    batch: dict,
+    key: jax.Array,
+    schedule: Schedule,
+    config: ConfigDict,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """L = MSE(eps_hat, eps) + lambda_attn * L_attn on one batch (config: the `train` section)."""
+    k_latent, k_noise, k_time = jax.random.split(key, 3)
+    b = batch["image"].shape[0]
+
+    posterior = model.vae.encode(batch["image"])
+    latents = jax.lax.stop_gradient(posterior.sample(k_latent) * config.vae_scaling_factor)
+
+    keep_text = ~batch["drop_text"]
+    subjects = batch["subject_valid"] & ~batch["drop_subjects"][:, None]
+    grounding_tokens, subject_embeds = model.encode_subjects(
+        batch["subject_pixels"], batch["subject_boxes"], subjects
+    )
+    empty = empty_prompt_ids(
+        config.bos_id, config.eos_id, config.pad_id, batch["input_ids"].shape[1]
+    )
+    input_ids = jnp.where(keep_text[:, None], batch["input_ids"], empty)
+    fused = subjects & keep_text[:, None]
+    context = model.encode_prompt(input_ids, subject_embeds, batch["placeholder_positions"], fused)
+
+    location = jnp.where(batch["drop_mask"][:, None, None, None], 0.0, batch["location_mask"])
+    noise = jax.random.normal(k_noise, latents.shape, latents.dtype)
+    timesteps = schedulers.sample_timesteps(schedule, k_time, b)
+    noisy = schedulers.add_noise(schedule, latents, noise, timesteps)
+    unet_input = jnp.concatenate([noisy, location.astype(noisy.dtype)], axis=-1)
+    positions = jnp.concatenate([batch["placeholder_positions"], batch["entity_positions"]], axis=1)
+    prediction, maps = model.unet(
+        unet_input, timesteps, context, grounding_tokens, attention_positions=positions
+    )
+
+    target = schedulers.training_target(schedule, latents, noise, timesteps)
+    weight = None
+    if config.masked_diffusion_loss:
+        weight = jnp.where(batch["drop_mask"][:, None, None, None], 1.0, 1.0 - location)
+    diffusion = losses.diffusion_loss(prediction, target, weight)
+    token_valid = jnp.tile(fused, (1, 2))
+    sizes = tuple(sorted({m.shape[1] for m in maps}))
+    attention = losses.attention_loss(
+        maps, supervised_token_targets(batch, sizes), token_valid, config.attention_loss
+    )
+    loss = diffusion + config.lambda_attn * attention
+    return loss, {"diffusion_loss": diffusion, "attention_loss": attention}
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    schedule: Schedule,
+    config: ConfigDict,
+) -> Callable[[TrainState, nnx.State, dict], tuple[TrainState, dict]]:
+    """The step: gradients of the trainable parameters only; a non-finite loss or gradient drops
+    the update and counts it in `skipped` (the host decides whether to stop)."""
+
+    def train_step(state: TrainState, frozen: nnx.State, batch: dict):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, frozen)
+            return subject_diffusion_loss(model, batch, key, schedule, config)
+
+        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        params = keep(params, state.params)
+        opt_state = keep(opt_state, state.opt_state)
+        ema = state.ema
+        if config.ema_decay > 0:
+            decay = config.ema_decay
+            ema = keep(jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params), ema)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            opt_state=opt_state,
+            ema=ema,
+            skipped=state.skipped + (~finite).astype(jnp.int32),
+        )
+        metrics = {"loss": loss, "grad_norm": grad_norm, **parts}
+        return new_state, metrics
+
+    return train_step

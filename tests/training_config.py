@@ -1,0 +1,47 @@
+"""A micro Subject-Diffusion config for training tests: the tiny preset, smaller still."""
+
+from ml_collections import ConfigDict
+
+from configs import tiny
+from sdjax.input_pipeline.pipeline import default_config
+
+RESOLUTION = 64
+
+
+def micro_config(file_pattern: str, batch_size: int = 8) -> ConfigDict:
+    c = tiny.get_config()
+    c.model.unet.update(
+        dict(
+            sample_size=RESOLUTION // 8,
+            block_out_channels=(16, 16, 16, 16),
+            attention_head_dim=(2, 2, 2, 2),
+            cross_attention_dim=32,
+            norm_num_groups=8,
+            grounding_dim=32,
+        )
+    )
+    c.model.vae.update(dict(block_out_channels=(8, 8, 8, 8), norm_num_groups=4))
+    c.model.text_encoder.update(dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1))
+    c.model.image_encoder.update(
+        dict(
+            image_size=28,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            projection_dim=32,
+        )
+    )
+    c.model.grounding.hidden_dim = 32
+    data = default_config(RESOLUTION)
+    data.update(
+        dict(
+            file_pattern=file_pattern,
+            batch_size=batch_size,
+            subject_size=28,
+            shuffle_buffer=16,
+            background="white",
+        )
+    )
+    c.data = data
+    c.train.update(dict(log_every=1, checkpoint_every=2, async_checkpoints=False, sample_every=0))
+    return c
