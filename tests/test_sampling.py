@@ -5,7 +5,8 @@ tokenizer are saved with `save_pretrained` and loaded into sdjax (conv_in grows 
 channel, adapters are zero-gated; image encoder and grounding net random and unused). With no
 subjects the i and u branches see the same empty prompt, zero adapter output and a mask channel
 whose weights are zero, so eps_i == eps_u and three-branch guidance is diffusers' two-branch CFG:
-eps_u + s_T (eps_c - eps_u). From the same initial latents, DDIM, the images agree within 1e-3.
+eps_u + s_T (eps_c - eps_u). From the same initial latents (DDIM, and Euler), the images agree
+within 1e-3.
 
 The other tests use an "active" copy of that model (adapter gates and mask-channel weights made
 nonzero) so subjects, masks and the interpolation window visibly change the images.
@@ -18,14 +19,20 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from flax import nnx
+from ml_collections import ConfigDict
 from PIL import Image
 
 from configs import tiny
-from sdjax.models.grounding import GroundingConfig, GroundingNet
+from sdjax.export import export_model
 from sdjax.models.subject_diffusion import SubjectDiffusion
-from sdjax.models.text_encoder import CLSProjector
 from sdjax.sampling import SamplingInputError, Subject, SubjectDiffusionPipeline, image_grid
 from sdjax.sampling.guidance import (
     Conditions,
@@ -37,9 +44,7 @@ from sdjax.sampling.guidance import (
 from sdjax.sampling.layout import RandomLayout, check_box, location_mask, resolve_layouts
 from sdjax.sampling.subjects import read_subject, reference_image, subject_box
 from sdjax.tokenizer import load_tokenizer
-from sdjax.weights.clip import load_image_encoder, load_text_encoder
-from sdjax.weights.unet import load_unet
-from sdjax.weights.vae import load_vae
+from sdjax.weights.subject_diffusion import load_parts
 
 PARITY_TOL = 1e-3  # images in [0, 1]
 SHARDED_TOL = 1e-5
@@ -86,6 +91,7 @@ VISION = dict(
     projection_dim=HIDDEN,
     hidden_act="gelu",
 )
+VAE_FIELDS = ("block_out_channels", "latent_channels", "norm_num_groups", "layers_per_block")
 SD_SCHEDULER = dict(
     beta_start=0.00085,
     beta_end=0.012,
@@ -105,31 +111,48 @@ def perturb_(model: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn
     return model.eval()
 
 
+def save_tiny_parts(folder) -> dict[str, torch.nn.Module]:
+    """Tiny random diffusers/transformers parts and the bundled tokenizer, saved under `folder`."""
+    torch.manual_seed(0)
+    parts = {
+        "unet": perturb_(UNet2DConditionModel(**UNET), 1),
+        "vae": perturb_(AutoencoderKL(**VAE), 2),
+        "text_encoder": perturb_(
+            transformers.CLIPTextModel(transformers.CLIPTextConfig(**TEXT)), 3
+        ),
+        "image_encoder": perturb_(
+            transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(**VISION)), 4
+        ),
+    }
+    for name, part in parts.items():
+        part.save_pretrained(folder / name)
+    load_tokenizer().save_pretrained(folder / "tokenizer")
+    return parts
+
+
+def tiny_config():
+    """The tiny preset with its model section describing the parts above (as an export needs)."""
+    config = tiny.get_config()
+    config.model.unet = ConfigDict(
+        {**UNET, "in_channels": 5, "grounding_dim": HIDDEN, "attention_map_factors": (1, 2)}
+    )
+    config.model.vae = ConfigDict({k: VAE[k] for k in VAE_FIELDS})
+    config.model.text_encoder = ConfigDict(TEXT)
+    config.model.image_encoder = ConfigDict(VISION)
+    config.model.grounding = ConfigDict(dict(hidden_dim=HIDDEN, max_subjects=2, use_bbox=True))
+    return config
+
+
 @pytest.fixture(scope="module")
 def diffusers_parts(tmp_path_factory):
     """(folder, diffusers StableDiffusionPipeline) of tiny random saved components."""
     folder = tmp_path_factory.mktemp("sd")
-    torch.manual_seed(0)
-    unet = perturb_(UNet2DConditionModel(**UNET), 1)
-    vae = perturb_(AutoencoderKL(**VAE), 2)
-    text = perturb_(transformers.CLIPTextModel(transformers.CLIPTextConfig(**TEXT)), 3)
-    vision = perturb_(
-        transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(**VISION)), 4
-    )
-    tokenizer = load_tokenizer()
-    for name, part in (
-        ("unet", unet),
-        ("vae", vae),
-        ("text_encoder", text),
-        ("image_encoder", vision),
-        ("tokenizer", tokenizer),
-    ):
-        part.save_pretrained(folder / name)
+    parts = save_tiny_parts(folder)
     reference = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text,
-        tokenizer=tokenizer,
-        unet=unet,
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=load_tokenizer(folder),
+        unet=parts["unet"],
         scheduler=DDIMScheduler(**SD_SCHEDULER),
         safety_checker=None,
         feature_extractor=None,
@@ -139,31 +162,10 @@ def diffusers_parts(tmp_path_factory):
     return folder, reference
 
 
-def sampling_config():
-    """The tiny preset; its scheduler and sampling sections are SD's."""
-    return tiny.get_config()
-
-
 def load_model(folder) -> SubjectDiffusion:
-    """The saved diffusers/transformers parts in sdjax, with a random grounding net and projector."""
-    image_encoder = load_image_encoder(folder)
-    vision = image_encoder.config
-    rngs = nnx.Rngs(0)
-    grounding = GroundingConfig(
-        patch_dim=vision.hidden_size,
-        num_patch_tokens=vision.num_patches,
-        hidden_dim=HIDDEN,
-        out_dim=HIDDEN,
-        max_subjects=2,
-    )
-    return SubjectDiffusion(
-        unet=load_unet(folder, grounding_dim=HIDDEN, attention_map_factors=(1, 2)),
-        vae=load_vae(folder),
-        text_encoder=load_text_encoder(folder),
-        image_encoder=image_encoder,
-        grounding=GroundingNet(grounding, rngs=rngs),
-        cls_projector=CLSProjector(vision.projection_dim, HIDDEN, rngs=rngs),
-    )
+    """The saved parts in sdjax (UNet with 5 input channels, zero-gated adapters), with a freshly
+    initialised grounding net and CLS projector."""
+    return load_parts(tiny_config().model, base=folder, image_encoder=folder / "image_encoder")
 
 
 def activate(model: SubjectDiffusion, seed: int = 0) -> SubjectDiffusion:
@@ -188,7 +190,7 @@ def parity_pipe(diffusers_parts):
     folder, _ = diffusers_parts
     return SubjectDiffusionPipeline(
         load_model(folder),
-        sampling_config(),
+        tiny_config(),
         load_tokenizer(folder),
         devices=jax.local_devices()[:1],
     )
@@ -201,9 +203,7 @@ def active_model(diffusers_parts):
 
 @pytest.fixture(scope="module")
 def pipe(active_model):
-    return SubjectDiffusionPipeline(
-        active_model, sampling_config(), devices=jax.local_devices()[:1]
-    )
+    return SubjectDiffusionPipeline(active_model, tiny_config(), devices=jax.local_devices()[:1])
 
 
 @pytest.fixture(scope="module")
@@ -235,8 +235,13 @@ def max_diff(a, b) -> float:
 # ------------------------------------------------------------------------------ parity
 
 
-def test_matches_diffusers_without_subjects(diffusers_parts, parity_pipe):
+@pytest.mark.parametrize(
+    "name,scheduler", [("ddim", DDIMScheduler), ("euler", EulerDiscreteScheduler)]
+)
+def test_matches_diffusers_without_subjects(diffusers_parts, parity_pipe, name, scheduler):
     _, reference = diffusers_parts
+    # Euler also scales the model input and the initial noise: the mask must join after scaling.
+    reference.scheduler = scheduler.from_config(DDIMScheduler(**SD_SCHEDULER).config)
     latents = np.random.default_rng(0).standard_normal((NUM_IMAGES, *LATENT), dtype=np.float32)
     prompt = "a small red house by a lake"
     expected = reference(
@@ -252,7 +257,7 @@ def test_matches_diffusers_without_subjects(diffusers_parts, parity_pipe):
     ours = run(
         parity_pipe,
         prompt,
-        scheduler="ddim",
+        scheduler=name,
         guidance_text=7.5,
         guidance_image=1.5,  # no effect without subjects: eps_i == eps_u
         latents=latents,
@@ -309,13 +314,24 @@ def test_negative_prompt(pipe):
 
 
 def test_sharded_batch_matches_one_device(active_model, pipe, subject_files):
-    sharded = SubjectDiffusionPipeline(active_model, sampling_config())
+    sharded = SubjectDiffusionPipeline(active_model, tiny_config())
     assert len(sharded.devices) == 8
     cat = Subject(subject_files["cat"], label="cat")
     expected = run(pipe, "a cat", [cat], seed=3)
     ours = run(sharded, "a cat", [cat], seed=3)  # 2 images padded to a batch of 8
     assert ours.shape == expected.shape
     assert max_diff(ours, expected) < SHARDED_TOL
+
+
+def test_from_pretrained_export_round_trip(active_model, pipe, subject_files, tmp_path):
+    export_model(active_model, tiny_config(), tmp_path / "export")
+    loaded = SubjectDiffusionPipeline.from_pretrained(
+        tmp_path / "export", devices=jax.local_devices()[:1]
+    )
+    cat = Subject(subject_files["cat"], layout=(0.2, 0.2, 0.7, 0.8))
+    assert max_diff(run(loaded, "a cat", [cat]), run(pipe, "a cat", [cat])) < SHARDED_TOL
+    with pytest.raises(FileNotFoundError, match="no exported model folder"):
+        SubjectDiffusionPipeline.from_pretrained(tmp_path / "nothing")
 
 
 def test_pil_output_and_grid(pipe):

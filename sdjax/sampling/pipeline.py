@@ -53,6 +53,7 @@ from sdjax.schedulers import (
 )
 from sdjax.sharding import batch_sharding, make_mesh, replicated
 from sdjax.tokenizer import load_tokenizer
+from sdjax.weights.subject_diffusion import load_subject_diffusion
 
 MESH_AXIS = "data"
 DEFAULT_PER_DEVICE_BATCH = 4
@@ -183,6 +184,7 @@ class SubjectDiffusionPipeline:
             )
         self.batch_size = batch_size
         self.mesh = make_mesh({MESH_AXIS: len(self.devices)}, self.devices)
+        self.batch_sharding = batch_sharding(self.mesh, (MESH_AXIS,))
         self.max_subjects = model.grounding.config.max_subjects
         self.subject_size = model.image_encoder.config.image_size
         self.max_length = model.text_encoder.config.max_position_embeddings
@@ -202,23 +204,20 @@ class SubjectDiffusionPipeline:
             static_argnames=("sampler_name", "steps", "schedule_config", "scaling_factor"),
         )
         self.noise_fn = jax.jit(
-            initial_noise, static_argnames=("shape",), out_shardings=self._batch_sharding
+            initial_noise, static_argnames=("shape",), out_shardings=self.batch_sharding
         )
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs) -> SubjectDiffusionPipeline:
         """The pipeline of an sdjax export folder (`sdjax_config.json`, `unet/`, ..., `tokenizer/`)."""
-        from sdjax.weights import load_subject_diffusion
-
         path = Path(path)
         if not path.is_dir():
-            raise FileNotFoundError(f"no exported model folder at {path}")
+            raise FileNotFoundError(
+                f"no exported model folder at {path} (`python train.py` exports one at its end; "
+                "`python -m sdjax.export` exports a training run)"
+            )
         model, config = load_subject_diffusion(path)
         return cls(model, config, load_tokenizer(path), **kwargs)
-
-    @property
-    def _batch_sharding(self) -> jax.sharding.NamedSharding:
-        return batch_sharding(self.mesh, (MESH_AXIS,))
 
     def __call__(
         self, prompt: str, subjects: Sequence[Subject] = (), **kwargs
@@ -259,18 +258,7 @@ class SubjectDiffusionPipeline:
         scheduler = scheduler or defaults.sampler
         height = self.config.data.resolution if height is None else height
         width = self.config.data.resolution if width is None else width
-        if not isinstance(num_images, int) or num_images < 1:
-            raise SamplingInputError(f"num_images={num_images!r} must be a positive integer")
-        if not isinstance(seed, int) or not 0 <= seed < 2**32:
-            raise SamplingInputError(f"seed={seed!r} must be an integer in [0, 2**32)")
-        check_image_size(height, width, self.size_multiple)
-        if scheduler not in SAMPLERS:
-            raise SamplingInputError(
-                f"scheduler {scheduler!r} is unknown; choose one of {sorted(SAMPLERS)}"
-            )
-        max_steps = self.schedule_config.num_train_timesteps
-        if not isinstance(steps, int) or not 1 <= steps <= max_steps:
-            raise SamplingInputError(f"steps={steps!r} must be an integer in [1, {max_steps}]")
+        self._check_call(num_images, seed, height, width, scheduler, steps)
         guidance = make_guidance(
             defaults.guidance_text if guidance_text is None else guidance_text,
             defaults.guidance_image if guidance_image is None else guidance_image,
@@ -287,18 +275,50 @@ class SubjectDiffusionPipeline:
             prompt, subjects, negative_prompt, num_images, seed, width / height
         )
 
-        batch = self._batch_size(num_images)
         static = dict(
             sampler_name=scheduler,
             steps=steps,
             schedule_config=self.schedule_config,
             scaling_factor=float(self.config.train.vae_scaling_factor),
         )
+        return self._sample_batches(
+            per_image, latents, latent_shape, seed, guidance, static, progress
+        )
+
+    def _check_call(
+        self, num_images: int, seed: int, height: int, width: int, scheduler: str, steps: int
+    ) -> None:
+        if not isinstance(num_images, int) or num_images < 1:
+            raise SamplingInputError(f"num_images={num_images!r} must be a positive integer")
+        if not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise SamplingInputError(f"seed={seed!r} must be an integer in [0, 2**32)")
+        check_image_size(height, width, self.size_multiple)
+        if scheduler not in SAMPLERS:
+            raise SamplingInputError(
+                f"scheduler {scheduler!r} is unknown; choose one of {sorted(SAMPLERS)}"
+            )
+        max_steps = self.schedule_config.num_train_timesteps
+        if not isinstance(steps, int) or not 1 <= steps <= max_steps:
+            raise SamplingInputError(f"steps={steps!r} must be an integer in [1, {max_steps}]")
+
+    def _sample_batches(
+        self,
+        per_image: tuple[np.ndarray, ...],
+        latents: np.ndarray | None,
+        latent_shape: tuple[int, int, int],
+        seed: int,
+        guidance: Guidance,
+        static: dict,
+        progress: bool,
+    ) -> np.ndarray:
+        """Runs the compiled function batch by batch; the last batch is padded with copies."""
+        num_images = per_image[0].shape[0]
+        batch = self._batch_size(num_images)
         outputs = []
         with tqdm(total=num_images, unit="image", desc="sampling", disable=not progress) as bar:
             for index, start in enumerate(range(0, num_images, batch)):
                 indices = np.arange(start, start + batch)
-                take = np.minimum(indices, num_images - 1)  # pad with copies of the last image
+                take = np.minimum(indices, num_images - 1)
                 if latents is None:
                     noise = self.noise_fn(
                         jnp.uint32(seed), self._put(indices.astype(np.int32)), shape=latent_shape
@@ -321,7 +341,7 @@ class SubjectDiffusionPipeline:
         return devices * min(-(-num_images // devices), DEFAULT_PER_DEVICE_BATCH)
 
     def _put(self, array: np.ndarray) -> jax.Array:
-        return jax.device_put(array, self._batch_sharding)
+        return jax.device_put(array, self.batch_sharding)
 
     def _prepare(
         self,
@@ -356,7 +376,7 @@ class SubjectDiffusionPipeline:
             seed,
             self.random_layout,
             pixel_aspect,
-        ).reshape(num_images, len(subjects), 4)
+        )
         valid = np.arange(slots) < len(subjects)
 
         labels = [s.resolved_label() for s in subjects]
