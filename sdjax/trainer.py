@@ -128,14 +128,41 @@ def build_run(config: ConfigDict, mesh: jax.sharding.Mesh) -> Run:
     optimizer = make_optimizer(config.optimizer)
     state = init_train_state(params, optimizer, config.seed, config.train.ema_decay > 0)
     state = jax.device_put(state, _state_shardings(state, mesh))
+    return Run(graphdef, state, frozen, _jit_step(config, graphdef, optimizer, state, frozen, mesh))
+
+
+def abstract_run(config: ConfigDict, mesh: jax.sharding.Mesh) -> Run:
+    """`build_run` without arrays: the state and frozen weights are `jax.ShapeDtypeStruct`s that
+    carry their shardings, so the step lowers and compiles for devices this host does not have."""
+    build = lambda: build_subject_diffusion(config.model, nnx.Rngs(config.seed))  # noqa: E731
+    with fast_tracing():
+        model = nnx.eval_shape(build)
+    graphdef, params, frozen = split_trainable(model, config)
+    optimizer = make_optimizer(config.optimizer)
+    use_ema = config.train.ema_decay > 0
+    state = jax.eval_shape(lambda p: init_train_state(p, optimizer, config.seed, use_ema), params)
+    state = _with_shardings(state, _state_shardings(state, mesh))
+    frozen = _with_shardings(frozen, sharding.state_shardings(frozen, mesh))
+    return Run(graphdef, state, frozen, _jit_step(config, graphdef, optimizer, state, frozen, mesh))
+
+
+def _jit_step(config, graphdef, optimizer, state, frozen, mesh) -> Callable:
+    """The step jitted once with the shardings of `state` and `frozen` and a donated state."""
     schedule = schedulers.make_schedule(schedulers.SchedulerConfig(**config.scheduler.to_dict()))
-    step_fn = jax.jit(
+    return jax.jit(
         make_train_step(graphdef, optimizer, schedule, config.train),
         in_shardings=(_shardings_of(state), _shardings_of(frozen), sharding.batch_sharding(mesh)),
         out_shardings=(_shardings_of(state), sharding.replicated(mesh)),
         donate_argnums=(0,),
     )
-    return Run(graphdef, state, frozen, step_fn)
+
+
+def _with_shardings(abstract, shardings):
+    """Shape/dtype structs of `abstract` placed by `shardings` (a tree with `abstract` as suffix)."""
+    place = lambda sh, x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh)  # noqa: E731
+    return jax.tree.map(
+        lambda sh, sub: jax.tree.map(lambda x: place(sh, x), sub), shardings, abstract
+    )
 
 
 def checkpointer(config: ConfigDict, workdir: Path) -> Checkpointer:
