@@ -57,6 +57,7 @@ from sdjax.weights.subject_diffusion import load_subject_diffusion
 
 MESH_AXIS = "data"
 DEFAULT_PER_DEVICE_BATCH = 4
+INITIAL_NOISE_STREAM, STEP_NOISE_STREAM = 0, 1  # fold_in ids: the two uses of a call's seed
 
 
 class SamplingInputs(NamedTuple):
@@ -80,13 +81,14 @@ def cached_sampler(name: str) -> Sampler:
 
 def initial_noise(seed: jax.Array, indices: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """(len(indices), *shape) unit Gaussian float32; image n's noise depends on (seed, n) only."""
-    key = jax.random.fold_in(jax.random.key(seed), 0)
+    key = jax.random.fold_in(jax.random.key(seed), INITIAL_NOISE_STREAM)
     return jax.vmap(lambda n: jax.random.normal(jax.random.fold_in(key, n), shape))(indices)
 
 
 def step_noise_key(seed: jax.Array, batch_index: jax.Array) -> jax.Array:
     """Key of the per-step noise of stochastic samplers for one batch of a call."""
-    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), batch_index)
+    stream = jax.random.fold_in(jax.random.key(seed), STEP_NOISE_STREAM)
+    return jax.random.fold_in(stream, batch_index)
 
 
 def conditions(model: SubjectDiffusion, inputs: SamplingInputs) -> Conditions:

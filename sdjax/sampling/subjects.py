@@ -26,10 +26,10 @@ MASK_THRESHOLD = 0.5  # mask pixels (scaled to [0, 1]) above this are the subjec
 class Subject:
     """One subject of a generated image.
 
-    image: a path, PIL image or uint8 (H, W, 3|4) array. An alpha channel is the mask when no
-      `mask` is given.
-    mask: segmentation of the subject in `image` (path, PIL image or (H, W) array, same size):
-      everything outside is painted white.
+    image: a path, PIL image or (H, W, 3|4) array (uint8, or float in [0, 1]). An alpha channel
+      is the mask when no `mask` is given.
+    mask: segmentation of the subject in `image` (path, PIL image or (H, W) bool, uint8 or float
+      array, same size): everything outside is painted white.
     box: the subject within its own image, normalised (x0, y0, x1, y1); the reference image is
       cut to it (else to the mask's bounding box, else the whole image is kept).
     label: the entity word of its prompt clause (", the {label} is sks"); by default the stem of
@@ -64,11 +64,12 @@ def _open(source: ImageLike, what: str) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, np.ndarray):
-        if source.dtype == bool:
-            source = source.astype(np.uint8) * WHITE
+        if source.dtype == bool or np.issubdtype(source.dtype, np.floating):
+            source = np.round(np.clip(source, 0.0, 1.0) * WHITE).astype(np.uint8)
         if source.dtype != np.uint8 or source.ndim not in (2, 3):
             raise SamplingInputError(
-                f"{what} array must be uint8 (H, W) or (H, W, C), got {source.dtype} {source.shape}"
+                f"{what} array must be uint8, bool or float in [0, 1], (H, W) or (H, W, C); "
+                f"got {source.dtype} {source.shape}"
             )
         return Image.fromarray(source)
     try:
