@@ -66,12 +66,15 @@ class SubjectAction(argparse.Action):
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Generate images of subjects with Subject-Diffusion.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Generate images of subjects with Subject-Diffusion."
     )
-    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="sdjax export folder")
+    parser.add_argument(
+        "--checkpoint", default=DEFAULT_CHECKPOINT, help="sdjax export folder (%(default)s)"
+    )
     parser.add_argument("--prompt", required=True, help="what the image shows")
-    parser.add_argument("--negative_prompt", default="", help="steered away from (i, u branches)")
+    parser.add_argument(
+        "--negative_prompt", default="", help="steered away from (the i and u branches' prompt)"
+    )
     parser.set_defaults(**{SUBJECT_KEY: None})
     group = parser.add_argument_group("subjects (repeat --subject; the options after it are its)")
     subject = dict(action=SubjectAction, default=argparse.SUPPRESS)
@@ -97,8 +100,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     group.add_argument(
         "--label", dest="label", help="its word in the prompt (default: file name)", **subject
     )
-    parser.add_argument("--num_images", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num_images", type=int, default=4, help="(%(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="(%(default)s)")
     parser.add_argument("--steps", type=int, help="default: the config's sampling.steps")
     parser.add_argument("--scheduler", choices=sorted(SAMPLERS), help="default: the config's")
     parser.add_argument("--guidance_text", type=float, help="s_T (default: the config's)")
@@ -108,12 +111,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--interpolation",
         type=lambda text: parse_floats(text, 2, "interpolation"),
         default=(0.0, 1.0),
-        help="start,end fractions of the schedule that use the subjects",
+        help="start,end fractions of the schedule that use the subjects (0,1)",
     )
     parser.add_argument("--height", type=int, help="default: the training resolution")
     parser.add_argument("--width", type=int, help="default: the training resolution")
     parser.add_argument("--batch_size", type=int, help="images per compiled call")
-    parser.add_argument("--out", default="samples", help="output folder")
+    parser.add_argument("--out", default="samples", help="output folder (%(default)s)")
     return parser.parse_args(argv)
 
 
