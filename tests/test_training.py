@@ -1,5 +1,6 @@
 """Training: sharded steps equal the single-device step, resume after SIGTERM, non-finite losses."""
 
+import json
 
 import jax
 import numpy as np
@@ -54,3 +55,105 @@ def test_sharded_step_matches_single_device(config, batch, single_device_step, s
         total = sum(x.nbytes for x in leaves)
         per_device = sum(x.addressable_shards[0].data.nbytes for x in leaves)
         assert per_device <= total / 6, (per_device, total)
+
+
+def _metrics(workdir):
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    timing = {"step_time", "examples_per_second"}
+    return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines]
+
+
+def _final_params(result):
+    return jax.device_get(result.state.params)
+
+
+@pytest.fixture(scope="module")
+def straight_and_resumed(config, tmp_path_factory):
+    """The same 6 steps run straight, and run to step 3, stopped by SIGTERM, then resumed."""
+    steps, root = 6, tmp_path_factory.mktemp("runs")
+    straight = config.copy_and_resolve_references()
+    straight.train.num_steps = steps
+    reference = trainer.train(straight, root / "straight")
+    interrupted = straight.copy_and_resolve_references()
+    interrupted.train.sigterm_at_step = 3
+    first = trainer.train(interrupted, root / "resumed")
+    latest = trainer.checkpointer(interrupted, root / "resumed").latest_step()
+    resumed = trainer.train(straight, root / "resumed")
+    return straight, root, reference, first, latest, resumed
+
+
+def test_sigterm_then_resume_equals_straight_run(straight_and_resumed):
+    config, root, reference, first, latest, resumed = straight_and_resumed
+    assert first.step == 3 and latest == 3  # SIGTERM: checkpoint written, loop left early
+    assert reference.step == resumed.step == config.train.num_steps
+    assert reference.compilations == resumed.compilations == 1
+    got, want = _metrics(root / "resumed"), _metrics(root / "straight")
+    assert [m["step"] for m in got] == list(range(1, config.train.num_steps + 1))
+    assert got == want
+    same = jax.tree.map(np.array_equal, _final_params(resumed), _final_params(reference))
+    assert all(jax.tree.leaves(same))
+
+
+@pytest.mark.parametrize("shape", [{"data": 1, "num_devices": 1}, {"data": 2, "fsdp": 4}])
+def test_restore_onto_another_mesh(straight_and_resumed, shape):
+    config, root, reference, *_ = straight_and_resumed
+    moved = config.copy_and_resolve_references()
+    moved.mesh.update({"data": 1, "fsdp": 1, "num_devices": -1, **shape})
+    mesh = trainer.make_run_mesh(moved)
+    target = trainer.build_run(moved, mesh).state
+    restored = trainer.checkpointer(moved, root / "straight").restore_state(
+        config.train.num_steps, target
+    )
+    leaf = jax.tree.leaves(restored.params)[0]
+    assert leaf.sharding.mesh.devices.size == mesh.devices.size
+    same = jax.tree.map(np.array_equal, jax.device_get(restored.params), _final_params(reference))
+    assert all(jax.tree.leaves(same))
+
+
+class _PoisonedBatches:
+    """The real pipeline, with NaN images from batch `at` on."""
+
+    def __init__(self, inner, at):
+        self.inner, self.at, self.count = inner, at, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __next__(self):
+        batch = next(self.inner)
+        self.count += 1
+        if self.count >= self.at:
+            batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+        return batch
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(config, tmp_path):
+    run = config.copy_and_resolve_references()
+    run.train.num_steps = 4
+    with pytest.raises(trainer.NonFiniteLossError, match="non-finite loss"):
+        trainer.train(
+            run, tmp_path, make_batches=lambda cfg: _PoisonedBatches(pipeline.make_iterator(cfg), 3)
+        )
+    checkpoints = trainer.checkpointer(run, tmp_path)
+    assert checkpoints.latest_step() == 2
+    restored = checkpoints.restore_state(
+        2, trainer.build_run(run, trainer.make_run_mesh(run)).state
+    )
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(restored.params)))
+
+
+def test_nonfinite_step_drops_the_update(single_device_step, config, batch):
+    _, _, state = single_device_step
+    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    run = trainer.build_run(config, mesh)
+    poisoned = {**batch, "image": np.full_like(batch["image"], np.nan)}
+    before = jax.device_get(run.state.params)
+    after, metrics = run.step_fn(
+        run.state, run.frozen, trainer.global_batch(poisoned, sharding.batch_sharding(mesh))
+    )
+    assert not np.isfinite(float(metrics["loss"]))
+    assert int(after.skipped) == 1 and int(after.step) == 1
+    same = jax.tree.map(
+        lambda a, b: bool(np.array_equal(a, b)), jax.device_get(after.params), before
+    )
+    assert all(jax.tree.leaves(same))

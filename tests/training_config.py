@@ -5,22 +5,26 @@ from ml_collections import ConfigDict
 from configs import tiny
 from sdjax.input_pipeline.pipeline import default_config
 
-RESOLUTION = 64
+RESOLUTION = 32
+VAE_FACTOR = 2  # two VAE levels
 
 
 def micro_config(file_pattern: str, batch_size: int = 8) -> ConfigDict:
     c = tiny.get_config()
     c.model.unet.update(
         dict(
-            sample_size=RESOLUTION // 8,
-            block_out_channels=(16, 16, 16, 16),
-            attention_head_dim=(2, 2, 2, 2),
+            sample_size=RESOLUTION // VAE_FACTOR,
+            block_out_channels=(16, 16),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            attention_head_dim=(2, 2),
             cross_attention_dim=32,
             norm_num_groups=8,
             grounding_dim=32,
+            attention_map_factors=(1, 2),
         )
     )
-    c.model.vae.update(dict(block_out_channels=(8, 8, 8, 8), norm_num_groups=4))
+    c.model.vae.update(dict(block_out_channels=(8, 8), norm_num_groups=4))
     c.model.text_encoder.update(dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1))
     c.model.image_encoder.update(
         dict(
@@ -38,6 +42,8 @@ def micro_config(file_pattern: str, batch_size: int = 8) -> ConfigDict:
             file_pattern=file_pattern,
             batch_size=batch_size,
             subject_size=28,
+            latent_downsample=VAE_FACTOR,
+            attention_map_sizes=(RESOLUTION // VAE_FACTOR, RESOLUTION // VAE_FACTOR // 2),
             shuffle_buffer=16,
             background="white",
         )
