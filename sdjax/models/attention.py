@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sdjax.models.init import ZEROS
 from sdjax.models.layers import DType, GroupNorm, LayerNorm, conv, linear
 from sdjax.models.resnet import remat_call
 
@@ -143,8 +144,8 @@ class GatedSelfAttentionDense(nnx.Module):
         self.ff = FeedForward(query_dim, dtype=dtype, rngs=rngs)
         self.norm1 = LayerNorm(query_dim, LAYER_NORM_EPS, rngs=rngs)
         self.norm2 = LayerNorm(query_dim, LAYER_NORM_EPS, rngs=rngs)
-        self.alpha_attn = nnx.Param(jnp.zeros((), jnp.float32), out_sharding=GATE_AXES)
-        self.alpha_dense = nnx.Param(jnp.zeros((), jnp.float32), out_sharding=GATE_AXES)
+        self.alpha_attn = nnx.Param(jnp.zeros((), jnp.float32), out_sharding=GATE_AXES, init=ZEROS)
+        self.alpha_dense = nnx.Param(jnp.zeros((), jnp.float32), out_sharding=GATE_AXES, init=ZEROS)
 
     def __call__(
         self, x: jax.Array, grounding: jax.Array, scale: float | jax.Array = 1.0

@@ -3,7 +3,8 @@
 Parameters are float32 and carry logical axis names (see `sdjax.sharding`):
   linear kernels ("embed", "mlp"), conv kernels (None, None, "conv_in", "conv_out"),
   embedding tables ("vocab", "embed"), norm scales and biases ("norm",).
-Norms and softmax always compute in float32, whatever the compute dtype.
+Norms and softmax always compute in float32, whatever the compute dtype. Initialisers carry an
+`InitSpec` (`sdjax.models.init`) so `init_module` can draw them on the host.
 """
 
 from __future__ import annotations
@@ -14,16 +15,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sdjax.models.init import LECUN_NORMAL, ONES, ZEROS, InitSpec, initializer
+
 DType = jnp.dtype | type
 
 LINEAR_AXES = ("embed", "mlp")
 CONV_AXES = (None, None, "conv_in", "conv_out")
 EMBED_AXES = ("vocab", "embed")
 NORM_AXES = ("norm",)
-
-
-def _init(init: nnx.Initializer, axes: Sequence[str | None]) -> nnx.Initializer:
-    return nnx.with_partitioning(init, tuple(axes))
+EMBEDDING_INIT = InitSpec("normal", stddev=0.02)
 
 
 def linear(
@@ -37,15 +37,14 @@ def linear(
     axes: Sequence[str | None] = LINEAR_AXES,
 ) -> nnx.Linear:
     """A dense layer with float32 parameters and logical axis names."""
-    kernel_init = nnx.initializers.zeros_init() if zero_init else nnx.initializers.lecun_normal()
     return nnx.Linear(
         in_features,
         out_features,
         use_bias=use_bias,
         dtype=dtype,
         param_dtype=jnp.float32,
-        kernel_init=_init(kernel_init, axes),
-        bias_init=_init(nnx.initializers.zeros_init(), (axes[-1],)),
+        kernel_init=initializer(ZEROS if zero_init else LECUN_NORMAL, axes),
+        bias_init=initializer(ZEROS, (axes[-1],)),
         rngs=rngs,
     )
 
@@ -63,7 +62,6 @@ def conv(
 ) -> nnx.Conv:
     """A 2D NHWC convolution with symmetric padding (`kernel_size // 2` by default), as in PyTorch."""
     pad = kernel_size // 2 if padding is None else padding
-    kernel_init = nnx.initializers.zeros_init() if zero_init else nnx.initializers.lecun_normal()
     return nnx.Conv(
         in_features,
         out_features,
@@ -72,8 +70,8 @@ def conv(
         padding=((pad, pad), (pad, pad)),
         dtype=dtype,
         param_dtype=jnp.float32,
-        kernel_init=_init(kernel_init, CONV_AXES),
-        bias_init=_init(nnx.initializers.zeros_init(), ("conv_out",)),
+        kernel_init=initializer(ZEROS if zero_init else LECUN_NORMAL, CONV_AXES),
+        bias_init=initializer(ZEROS, ("conv_out",)),
         rngs=rngs,
     )
 
@@ -85,7 +83,7 @@ def embedding(num: int, features: int, *, rngs: nnx.Rngs, dtype: DType = jnp.flo
         features,
         dtype=dtype,
         param_dtype=jnp.float32,
-        embedding_init=_init(nnx.initializers.normal(0.02), EMBED_AXES),
+        embedding_init=initializer(EMBEDDING_INIT, EMBED_AXES),
         rngs=rngs,
     )
 
@@ -100,8 +98,8 @@ class GroupNorm(nnx.GroupNorm):
             epsilon=epsilon,
             dtype=jnp.float32,
             param_dtype=jnp.float32,
-            scale_init=_init(nnx.initializers.ones_init(), NORM_AXES),
-            bias_init=_init(nnx.initializers.zeros_init(), NORM_AXES),
+            scale_init=initializer(ONES, NORM_AXES),
+            bias_init=initializer(ZEROS, NORM_AXES),
             rngs=rngs,
         )
 
@@ -118,8 +116,8 @@ class LayerNorm(nnx.LayerNorm):
             epsilon=epsilon,
             dtype=jnp.float32,
             param_dtype=jnp.float32,
-            scale_init=_init(nnx.initializers.ones_init(), NORM_AXES),
-            bias_init=_init(nnx.initializers.zeros_init(), NORM_AXES),
+            scale_init=initializer(ONES, NORM_AXES),
+            bias_init=initializer(ZEROS, NORM_AXES),
             rngs=rngs,
         )
 

@@ -14,12 +14,12 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file
 
+from sdjax.models.init import initial_values
 from sdjax.models.tracing import fast_tracing
 
 NnxPath = tuple[str | int, ...]
@@ -124,7 +124,7 @@ def load_module(
     keys = {path: torch_key(path, renames) for path in flat}
 
     need_init = [p for p, k in keys.items() if fresh(k) or k in resize]
-    initial = _initial_values(build, need_init, seed)
+    initial = initial_values(build, need_init, seed)
 
     problems: list[str] = []
     values: dict[NnxPath, np.ndarray] = {}
@@ -176,24 +176,6 @@ def _summarise(keys: Sequence[str], limit: int = 4) -> str:
     groups = sorted({re.sub(r"\.\d+\.", ".N.", k) for k in keys})
     more = f", … {len(groups) - limit} more" if len(groups) > limit else ""
     return ", ".join(groups[:limit]) + more
-
-
-def _initial_values(
-    build: Callable[[nnx.Rngs], nnx.Module], paths: Sequence[NnxPath], seed: int
-) -> dict[NnxPath, np.ndarray]:
-    """Initial values of only `paths`; jit prunes the initialisation of everything else."""
-    if not paths:
-        return {}
-    wanted = set(paths)
-
-    @jax.jit
-    def init():
-        state = nnx.state(build(nnx.Rngs(seed)), nnx.Param)
-        return {p: v.get_value() for p, v in nnx.to_flat_state(state) if p in wanted}
-
-    with fast_tracing():
-        values = init()
-    return {p: np.asarray(v) for p, v in values.items()}
 
 
 def export_state(

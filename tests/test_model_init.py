@@ -1,0 +1,79 @@
+"""Host-side random initialisation (`sdjax.models.init`): distributions, determinism, placement."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sdjax import sharding
+from sdjax.models import init
+from sdjax.models.layers import EMBEDDING_INIT, LayerNorm, conv, embedding, linear
+
+
+class Small(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.dense = linear(64, 96, rngs=rngs)
+        self.zero = linear(8, 8, zero_init=True, rngs=rngs)
+        self.conv = conv(16, 32, 3, rngs=rngs)
+        self.table = embedding(50, 32, rngs=rngs)
+        self.norm = LayerNorm(32, rngs=rngs)
+        # No InitSpec: the model's own (jitted) initialisation provides it.
+        self.extra = nnx.Param(jax.random.normal(rngs.params(), (7,)) + 3.0)
+
+
+@pytest.fixture(scope="module")
+def small() -> Small:
+    return init.init_module(Small, seed=3)
+
+
+def test_normals_moments_and_truncation():
+    rng = np.random.default_rng(0)
+    values = init.normals(rng, 400_001)
+    assert values.dtype == np.float32 and values.shape == (400_001,)
+    assert abs(values.mean()) < 0.01 and abs(values.std() - 1) < 0.01
+    assert abs(np.mean(np.abs(values) > 2) - 0.0455) < 0.002  # the unit normal's tail mass
+    bounded = init.normals(rng, 100_000, stddev=0.5, bound=2.0)
+    assert np.abs(bounded).max() <= 1.0
+    assert abs(bounded.std() / 0.5 - init.TRUNCATED_STDDEV) < 0.01
+
+
+def test_parameters_follow_their_specs(small):
+    kernel = np.asarray(small.dense.kernel[...])
+    assert abs(kernel.std() - 64**-0.5) < 0.1 * 64**-0.5  # lecun: variance 1 / fan_in
+    assert np.abs(kernel).max() <= 2 * 64**-0.5 / init.TRUNCATED_STDDEV
+    conv_kernel = np.asarray(small.conv.kernel[...])
+    assert abs(conv_kernel.std() - (9 * 16) ** -0.5) < 0.1 * (9 * 16) ** -0.5
+    assert abs(np.asarray(small.table.embedding[...]).std() - EMBEDDING_INIT.stddev) < 0.003
+    np.testing.assert_array_equal(small.zero.kernel[...], 0)
+    np.testing.assert_array_equal(small.dense.bias[...], 0)
+    np.testing.assert_array_equal(small.norm.scale[...], 1)
+    assert small.dense.kernel.get_metadata()["out_sharding"] == ("embed", "mlp")
+
+
+def test_unannotated_variables_take_the_models_own_values(small):
+    expected = jax.jit(lambda: Small(nnx.Rngs(3)).extra[...])()
+    np.testing.assert_array_equal(small.extra[...], expected)
+
+
+def test_deterministic_per_seed_and_path(small):
+    a, b = init.stream(0, ("x", 0, "kernel")), init.stream(0, ("x", 1, "kernel"))
+    assert a.random() != b.random()
+    again = init.init_module(Small, seed=3)
+    other = init.init_module(Small, seed=4)
+    np.testing.assert_array_equal(small.dense.kernel[...], again.dense.kernel[...])
+    assert not np.array_equal(small.dense.kernel[...], other.dense.kernel[...])
+
+
+def test_sharded_placement_keeps_values(small):
+    mesh = sharding.make_mesh({"data": 1, "fsdp": -1})
+    placed = init.init_module(Small, seed=3, shardings=lambda s: sharding.state_shardings(s, mesh))
+    kernel = placed.dense.kernel[...]
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
+    np.testing.assert_array_equal(kernel, small.dense.kernel[...])
+    assert placed.dense.kernel[...].dtype == jnp.float32
+
+
+def test_unknown_kind_is_refused():
+    with pytest.raises(ValueError, match="unknown initialiser 'orthogonal'"):
+        init.InitSpec("orthogonal")
