@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
@@ -119,13 +120,19 @@ class Run:
     step_fn: Callable
 
 
-def build_run(config: ConfigDict, mesh: jax.sharding.Mesh) -> Run:
+def build_run(config: ConfigDict, mesh: jax.sharding.Mesh, model: nnx.Module | None = None) -> Run:
     """Model and train state on `mesh` (frozen weights stay outside the optimizer and the
-    checkpoints) and the step, jitted once with explicit shardings and a donated state."""
-    model = init_model(config, mesh)
+    checkpoints) and the step, jitted once with explicit shardings and a donated state.
+
+    `model`: an already initialised model to place on `mesh` instead of initialising one.
+    """
+    if model is None:
+        model = init_model(config, mesh)
     graphdef, params, frozen = split_trainable(model, config)
-    del model
+    frozen = jax.device_put(frozen, sharding.state_shardings(frozen, mesh))
     optimizer = make_optimizer(config.optimizer)
+    # A copy: the step donates the state, which must not free the buffers of the model's arrays.
+    params = jax.tree.map(jnp.copy, params)
     state = init_train_state(params, optimizer, config.seed, config.train.ema_decay > 0)
     state = jax.device_put(state, _state_shardings(state, mesh))
     return Run(graphdef, state, frozen, _jit_step(config, graphdef, optimizer, state, frozen, mesh))

@@ -29,8 +29,14 @@ def batch(config):
     return next(pipeline.make_iterator(config.data))
 
 
-def _one_step(config, mesh, batch):
-    run = trainer.build_run(config, mesh)
+@pytest.fixture(scope="module")
+def model(config):
+    """One initialisation, placed on every mesh the tests use."""
+    return trainer.init_model(config, sharding.make_mesh({"data": 1}, jax.devices()[:1]))
+
+
+def _one_step(config, mesh, batch, model):
+    run = trainer.build_run(config, mesh, model)
     state, metrics = run.step_fn(
         run.state, run.frozen, trainer.global_batch(batch, sharding.batch_sharding(mesh))
     )
@@ -38,15 +44,15 @@ def _one_step(config, mesh, batch):
 
 
 @pytest.fixture(scope="module")
-def single_device_step(config, batch):
-    return _one_step(config, sharding.make_mesh({"data": 1}, jax.devices()[:1]), batch)
+def single_device_step(config, batch, model):
+    return _one_step(config, sharding.make_mesh({"data": 1}, jax.devices()[:1]), batch, model)
 
 
 @pytest.mark.parametrize("shape", [{"data": 8}, {"data": 2, "fsdp": 4}, {"fsdp": 8}])
-def test_sharded_step_matches_single_device(config, batch, single_device_step, shape):
+def test_sharded_step_matches_single_device(config, batch, model, single_device_step, shape):
     params_1, metrics_1, _ = single_device_step
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1, **shape})
-    params_n, metrics_n, state = _one_step(config, mesh, batch)
+    params_n, metrics_n, state = _one_step(config, mesh, batch, model)
     assert abs(float(metrics_n["loss"]) - float(metrics_1["loss"])) <= TOLERANCE
     diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), params_n, params_1)
     assert max(jax.tree.leaves(diffs)) <= TOLERANCE
@@ -95,12 +101,12 @@ def test_sigterm_then_resume_equals_straight_run(straight_and_resumed):
 
 
 @pytest.mark.parametrize("shape", [{"data": 1, "num_devices": 1}, {"data": 2, "fsdp": 4}])
-def test_restore_onto_another_mesh(straight_and_resumed, shape):
+def test_restore_onto_another_mesh(straight_and_resumed, model, shape):
     config, root, reference, *_ = straight_and_resumed
     moved = config.copy_and_resolve_references()
     moved.mesh.update({"data": 1, "fsdp": 1, "num_devices": -1, **shape})
     mesh = trainer.make_run_mesh(moved)
-    target = trainer.build_run(moved, mesh).state
+    target = trainer.build_run(moved, mesh, model).state
     restored = trainer.checkpointer(moved, root / "straight").restore_state(
         config.train.num_steps, target
     )
@@ -127,7 +133,7 @@ class _PoisonedBatches:
         return batch
 
 
-def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(config, tmp_path):
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(config, model, tmp_path):
     run = config.copy_and_resolve_references()
     run.train.num_steps = 4
     with pytest.raises(trainer.NonFiniteLossError, match="non-finite loss"):
@@ -142,10 +148,9 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(config, tmp_path):
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(restored.params)))
 
 
-def test_nonfinite_step_drops_the_update(single_device_step, config, batch):
-    _, _, state = single_device_step
+def test_nonfinite_step_drops_the_update(config, batch, model):
     mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
-    run = trainer.build_run(config, mesh)
+    run = trainer.build_run(config, mesh, model)
     poisoned = {**batch, "image": np.full_like(batch["image"], np.nan)}
     before = jax.device_get(run.state.params)
     after, metrics = run.step_fn(
