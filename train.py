@@ -1,8 +1,8 @@
 """Train Subject-Diffusion.
 
     python train.py                                    # tiny config on the bundled sample set
-    python train.py --config=configs/sd2_base.py --workdir=runs/sd2 \
-        --config.model.pretrained=PATH --config.model.image_encoder_path=PATH
+    python train.py --config=configs/sd2_base.py --workdir=runs/sd2
+        --config.model.pretrained=PATH --config.model.image_encoder_path=PATH   (one line)
 
 Re-running the same command resumes from the last checkpoint. Any config value can be overridden
 with --config.SECTION.NAME=VALUE.

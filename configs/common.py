@@ -28,6 +28,9 @@ def base_config(resolution: int) -> ConfigDict:
     c.train.checkpoint_every = 1000
     c.train.keep_checkpoints = 3
     c.train.sample_every = 5000  # 0: never
+    c.train.sample_prompt = ""  # empty: no sample images
+    c.train.sample_subjects = ()  # image paths, each optionally "path@x0,y0,x1,y1" (placement)
+    c.train.sample_images = 2
     c.train.lambda_attn = 0.01
     c.train.attention_loss = "balanced_l1"  # balanced_l1 (reference code) | l1 (paper)
     c.train.masked_diffusion_loss = False

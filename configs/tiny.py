@@ -1,10 +1,13 @@
 """The CPU default: a tiny Subject-Diffusion on the same code paths, trained on data/sample."""
 
+from pathlib import Path
+
 from ml_collections import ConfigDict
 
 from configs.common import base_config
 
 RESOLUTION = 128
+SAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "data" / "sample" / "images"
 
 
 def get_config() -> ConfigDict:
@@ -63,6 +66,8 @@ def get_config() -> ConfigDict:
     c.train.log_every = 10
     c.train.checkpoint_every = 100
     c.train.sample_every = 100
+    c.train.sample_prompt = "a cup on a wooden table"
+    c.train.sample_subjects = (f"{SAMPLE_IMAGES / 'coffee.jpg'}@0.25,0.25,0.75,0.75",)
     c.optimizer.learning_rate = 3e-4
     c.optimizer.warmup_steps = 10
     c.sampling.steps = 10

@@ -20,12 +20,14 @@ from tqdm import tqdm
 from sdjax import schedulers, sharding
 from sdjax.input_pipeline import pipeline
 from sdjax.input_pipeline.iterator_state import PipelineIterator
+from sdjax.models.init import init_module
 from sdjax.models.subject_diffusion import build_subject_diffusion
 from sdjax.models.tracing import fast_tracing
 from sdjax.training import trainable
 from sdjax.training.checkpoint import Checkpointer
 from sdjax.training.metrics import MetricsWriter
 from sdjax.training.optimizer import learning_rate_schedule, make_optimizer
+from sdjax.training.samples import TrainingSamples
 from sdjax.training.step import TrainState, init_train_state, make_train_step
 from sdjax.weights.subject_diffusion import load_parts
 
@@ -73,7 +75,7 @@ def maybe_initialize_distributed(config: ConfigDict) -> None:
 
 def init_model(config: ConfigDict, mesh: jax.sharding.Mesh):
     """The model with sharded parameters: loaded from `config.model.pretrained` (and the image
-    encoder folder), or randomly initialised on device (never on the host)."""
+    encoder folder), or randomly initialised (drawn on the host, each device keeps its shards)."""
     if config.model.pretrained:
         model = load_parts(
             config.model,
@@ -83,12 +85,11 @@ def init_model(config: ConfigDict, mesh: jax.sharding.Mesh):
         state = nnx.state(model)
         nnx.update(model, jax.device_put(state, sharding.state_shardings(state, mesh)))
         return model
-    build = lambda: build_subject_diffusion(config.model, nnx.Rngs(config.seed))  # noqa: E731
-    with fast_tracing():
-        graphdef, abstract = nnx.split(nnx.eval_shape(build))
-        shardings = sharding.state_shardings(abstract, mesh)
-        state = jax.jit(lambda: nnx.split(build())[1], out_shardings=shardings)()
-    return nnx.merge(graphdef, state)
+    return init_module(
+        lambda rngs: build_subject_diffusion(config.model, rngs),
+        config.seed,
+        shardings=lambda abstract: sharding.state_shardings(abstract, mesh),
+    )
 
 
 def split_trainable(model: nnx.Module, config: ConfigDict):
@@ -220,6 +221,8 @@ def train(
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
     writer.truncate_after(start)
 
+    samples = TrainingSamples(config, workdir) if tc.sample_every and tc.sample_prompt else None
+
     metrics: dict[str, float] = {}
     skipped = int(state.skipped)
     with (
@@ -242,6 +245,9 @@ def train(
                 metrics = _log(writer, step, step_metrics, state, timer, config, batches.stats)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
                 skipped = _check_finite(int(state.skipped), skipped, tc.on_nonfinite, step)
+            if samples is not None and step % tc.sample_every == 0:
+                grid = samples(step, nnx.merge(run.graphdef, state.params, frozen))
+                writer.write_images(step, {"samples": grid})
             if preemption.requested or step % tc.checkpoint_every == 0 or step == tc.num_steps:
                 skipped = _check_finite(int(state.skipped), skipped, tc.on_nonfinite, step)
                 checkpoints.save(step, state, batches, force=True)

@@ -51,3 +51,8 @@ def micro_config(file_pattern: str, batch_size: int = 8) -> ConfigDict:
     c.data = data
     c.train.update(dict(log_every=1, checkpoint_every=2, async_checkpoints=False, sample_every=0))
     return c
+
+
+def get_config() -> ConfigDict:
+    """The micro config for `train.py --config=tests/training_config.py` (reads data/sample)."""
+    return micro_config(file_pattern="")

@@ -57,30 +57,34 @@ def grow_input_channels(
     return grown
 
 
+# sdjax settings of a UNet folder that lacks them (a plain diffusers release).
+SDJAX_DEFAULTS = {"in_channels": 5, "grounding_dim": 1024, "use_adapter": True}
+
+
 def load_unet(
     path: str | Path,
     *,
-    in_channels: int = 5,
+    in_channels: int | None = None,
     dtype: Any = jnp.float32,
-    grounding_dim: int = 1024,
-    use_adapter: bool = True,
+    grounding_dim: int | None = None,
+    use_adapter: bool | None = None,
     remat: bool = False,
     **overrides: Any,
 ) -> UNet:
     """A diffusers UNet (pipeline root or `unet/` folder) as an sdjax `UNet`.
 
-    `overrides` set any other `UNetConfig` field (e.g. `attention_map_factors`).
+    `in_channels`, `grounding_dim`, `use_adapter`: when None, the values an sdjax export stored in
+    its config.json, or `SDJAX_DEFAULTS` for a plain diffusers release (`in_channels` 5: the
+    pretrained 4 plus the location mask). `overrides` set any other `UNetConfig` field.
     """
     folder = unet_folder(path)
-    config = unet_config_from_folder(
-        folder,
-        in_channels=in_channels,
-        dtype=dtype,
-        grounding_dim=grounding_dim,
-        use_adapter=use_adapter,
-        remat=remat,
-        **overrides,
-    )
+    stored = read_config(folder)
+    # An sdjax export stores its settings; a plain diffusers release gets sdjax's defaults.
+    base = stored if "grounding_dim" in stored else SDJAX_DEFAULTS
+    given = {"in_channels": in_channels, "grounding_dim": grounding_dim, "use_adapter": use_adapter}
+    settings = {k: base[k] if v is None else v for k, v in given.items()}
+    in_channels = settings["in_channels"]
+    config = UNetConfig.from_diffusers(stored, dtype=dtype, remat=remat, **settings, **overrides)
     tensors = read_safetensors_folder(folder)
     has_adapter = any(ADAPTER_MARK in key for key in tensors)
     resize = {}
