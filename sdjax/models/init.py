@@ -22,6 +22,7 @@ import os
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import jax
 import numpy as np
@@ -172,23 +173,39 @@ def init_module(
     placement = None
     if shardings is not None:
         placement = dict(nnx.to_flat_state(shardings(state)))
-    specs = {p: v.get_metadata().get(INIT_METADATA) for p, v in flat.items()}
-    fallback = initial_values(build, [p for p, s in specs.items() if s is None], seed)
 
-    def draw(path: NnxPath) -> jax.Array:
-        shape, dtype = flat[path].get_value().shape, flat[path].get_value().dtype
-        if specs[path] is None:
-            host = fallback[path]
-        else:
-            host = sample(specs[path], shape, dtype, stream(seed, path))
+    def place(path: NnxPath, host: np.ndarray) -> jax.Array:
         return _place(host, placement[path] if placement else None)
 
-    # NumPy releases the GIL while drawing: one parameter per core at a time, largest first.
-    order = sorted(flat, key=lambda p: -math.prod(flat[p].get_value().shape))
-    with ThreadPoolExecutor(os.cpu_count()) as pool:
-        for path, value in zip(order, pool.map(draw, order), strict=True):
-            flat[path].set_value(value)
+    values = host_values(build, flat, list(flat), seed, transform=place)
+    for path, var in flat.items():
+        var.set_value(values[path])
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def host_values(
+    build: Callable[[nnx.Rngs], nnx.Module],
+    flat: dict[NnxPath, nnx.Variable],
+    paths: Sequence[NnxPath],
+    seed: int,
+    transform: Callable[[NnxPath, np.ndarray], Any] = lambda path, value: value,
+) -> dict[NnxPath, Any]:
+    """`transform(path, initial value)` of the variables at `paths` of an abstract model's flat
+    state: `InitSpec` ones drawn on the host (one parameter per core at a time, largest first,
+    NumPy releasing the GIL), the others from the model's own jitted initialisation."""
+    specs = {p: flat[p].get_metadata().get(INIT_METADATA) for p in paths}
+    fallback = initial_values(build, [p for p in paths if specs[p] is None], seed)
+
+    def draw(path: NnxPath):
+        if specs[path] is None:
+            return transform(path, fallback[path])
+        value = flat[path].get_value()
+        host = sample(specs[path], value.shape, value.dtype, stream(seed, path))
+        return transform(path, host)
+
+    order = sorted(paths, key=lambda p: -math.prod(flat[p].get_value().shape))
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        return dict(zip(order, pool.map(draw, order), strict=True))
 
 
 def _place(host: np.ndarray, sharding) -> jax.Array:
