@@ -60,3 +60,15 @@ def test_samples_and_export_load_in_the_pipeline(run):
     pipe = SubjectDiffusionPipeline.from_pretrained(workdir / "export")
     images = pipe("a cup", num_images=1, steps=2)
     assert images[0].size == (32, 32)
+
+
+def test_weights_inspect_reports_each_part(run, tmp_path):
+    workdir, _ = run
+    inspect = [sys.executable, "-m", "sdjax.weights", "inspect"]
+    done = subprocess.run([*inspect, str(workdir / "export")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for part in ("UNet", "AutoencoderKL", "CLIPTextModel", "CLIPVisionModelWithProjection"):
+        assert f"would load: {part}:" in done.stdout
+    assert "(sdjax export)" in done.stdout and "0 kept at their initial value" in done.stdout
+    missing = subprocess.run([*inspect, str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert missing.returncode == 1 and "no such folder" in missing.stderr
