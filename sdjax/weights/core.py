@@ -186,7 +186,7 @@ def load_module(
     )
     for path, var in flat.items():
         # A contiguous copy first: device_put of a transposed (strided) view is many times slower.
-        host = np.ascontiguousarray(values[path], dtype=var.get_value().dtype)
+        host = np.asarray(values[path], dtype=var.get_value().dtype, order="C")
         var.set_value(jax.device_put(host))
     return nnx.merge(graphdef, nnx.from_flat_state(flat), rest)
 
