@@ -162,3 +162,15 @@ def test_nonfinite_step_drops_the_update(config, batch, model):
         lambda a, b: bool(np.array_equal(a, b)), jax.device_get(after.params), before
     )
     assert all(jax.tree.leaves(same))
+
+
+def test_remat_step_equals_plain_step(config, batch, single_device_step):
+    """Rematerialising the UNet, CLIP and text encoder blocks leaves the step unchanged."""
+    remat = config.copy_and_resolve_references()
+    remat.model.remat = True
+    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    params_r, metrics_r, _ = _one_step(remat, mesh, batch, trainer.init_model(remat, mesh))
+    params_1, metrics_1, _ = single_device_step
+    assert abs(float(metrics_r["loss"]) - float(metrics_1["loss"])) <= TOLERANCE
+    diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), params_r, params_1)
+    assert max(jax.tree.leaves(diffs)) <= TOLERANCE

@@ -24,8 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sdjax.models.init import ZEROS
-from sdjax.models.layers import DType, GroupNorm, LayerNorm, conv, linear
-from sdjax.models.resnet import remat_call
+from sdjax.models.layers import DType, GroupNorm, LayerNorm, conv, linear, remat_call
 
 QKV_AXES = ("embed", "heads")
 OUT_AXES = ("heads", "embed")

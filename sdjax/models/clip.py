@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sdjax.models.layers import DType, LayerNorm, activation, linear
+from sdjax.models.layers import DType, LayerNorm, activation, linear, remat_call
 
 OUT_AXES = ("mlp", "embed")
 
@@ -110,11 +110,6 @@ class CLIPEncoder(nnx.Module):
         )
 
     def __call__(self, x: jax.Array, *, causal: bool = False) -> jax.Array:
-        def run(layer: CLIPEncoderLayer, h: jax.Array) -> jax.Array:
-            return layer(h, causal=causal)
-
-        if self.remat:
-            run = nnx.remat(run)
         for layer in self.layers:
-            x = run(layer, x)
+            x = remat_call(self.remat, layer, x, causal=causal)
         return x

@@ -10,6 +10,7 @@ Norms and softmax always compute in float32, whatever the compute dtype. Initial
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -137,3 +138,20 @@ def activation(name: str):
     if name not in table:
         raise ValueError(f"unknown activation {name!r}; known: {sorted(table)}")
     return table[name]
+
+
+def remat_call(remat: bool, block: nnx.Module, *args: Any, **static: Any) -> Any:
+    """`block(*args, **static)`, rematerialised in the backward pass if `remat`.
+
+    The block runs as a pure function of its split state under `jax.checkpoint` (`static` are
+    Python values closed over), so it may be called at any trace level, e.g. a frozen encoder
+    merged outside `jax.grad`.
+    """
+    if not remat:
+        return block(*args, **static)
+    graphdef, state = nnx.split(block)
+
+    def run(state: nnx.State, *inputs: Any) -> Any:
+        return nnx.merge(graphdef, state)(*inputs, **static)
+
+    return jax.checkpoint(run)(state, *args)

@@ -7,20 +7,11 @@ logical axis names of `sdjax.models.layers`.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from sdjax.models.layers import DType, GroupNorm, activation, conv, linear
-
-
-def remat_call(remat: bool, block: nnx.Module, *args: Any) -> Any:
-    """`block(*args)`, rematerialised in the backward pass (gradient checkpointing) if `remat`."""
-    if not remat:
-        return block(*args)
-    return nnx.remat(lambda module, *inputs: module(*inputs))(block, *args)
 
 
 class ResnetBlock2D(nnx.Module):

@@ -19,8 +19,8 @@ from flax import nnx
 
 from sdjax.models.attention import Transformer2DModel
 from sdjax.models.embeddings import TimestepEmbedding, timestep_embedding
-from sdjax.models.layers import GroupNorm, activation, conv
-from sdjax.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D, remat_call
+from sdjax.models.layers import GroupNorm, activation, conv, remat_call
+from sdjax.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
 CROSS_DOWN, PLAIN_DOWN = "CrossAttnDownBlock2D", "DownBlock2D"
 CROSS_UP, PLAIN_UP = "CrossAttnUpBlock2D", "UpBlock2D"
