@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file
 
-from sdjax.models.init import host_values
+from sdjax.models.init import aligned_empty, host_values
 from sdjax.models.tracing import fast_tracing
+from sdjax.weights.mapped import map_safetensors
 
 NnxPath = tuple[str | int, ...]
 Resizer = Callable[[np.ndarray, tuple[int, ...], np.ndarray], np.ndarray]
@@ -37,7 +41,8 @@ class WeightLoadError(ValueError):
 
 
 def read_safetensors_folder(folder: str | Path) -> dict[str, np.ndarray]:
-    """All tensors of a folder's safetensors files (sharded checkpoints included); refuses pickles."""
+    """All tensors of a folder's safetensors files (sharded checkpoints included), as read-only
+    views of the mapped files (`sdjax.weights.mapped`); refuses pickles."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no model folder at {folder}")
@@ -56,7 +61,7 @@ def read_safetensors_folder(folder: str | Path) -> dict[str, np.ndarray]:
         files = [folder / n for n in names]
     tensors: dict[str, np.ndarray] = {}
     for f in files:
-        tensors.update(load_file(str(f)))
+        tensors.update(map_safetensors(f))
     return tensors
 
 
@@ -77,30 +82,36 @@ def torch_key(path: NnxPath, renames: Sequence[tuple[str, str]] = ()) -> str:
     return key
 
 
-def transposed(matrix: np.ndarray) -> np.ndarray:
-    """The contiguous transpose of a 2D array, copied tile by tile: NumPy's own copy of a large
-    `.T` misses the cache on nearly every element (about 10x slower for SD-sized kernels)."""
-    rows, cols = matrix.shape
-    out = np.empty((cols, rows), matrix.dtype)
-    for i in range(0, rows, TRANSPOSE_TILE):
-        for j in range(0, cols, TRANSPOSE_TILE):
-            out[j : j + TRANSPOSE_TILE, i : i + TRANSPOSE_TILE] = matrix[
-                i : i + TRANSPOSE_TILE, j : j + TRANSPOSE_TILE
-            ].T
+def to_hwio(kernel: np.ndarray, dtype: Any = None) -> np.ndarray:
+    """A PyTorch kernel (O, I, *taps) as a new array (*taps, I, O) of `dtype` (default: its own),
+    from `aligned_empty`: linear (O, I) → (I, O), conv OIHW → HWIO.
+
+    NumPy's own copy of such a transpose misses the cache on nearly every element (about 10x
+    slower for SD-sized kernels). Here each band of `TRANSPOSE_TILE` output channels is read
+    whole (one sequential read of a memory-mapped file), split by tap, and written out in
+    square tiles that stay in cache.
+    """
+    o, i, *taps = kernel.shape
+    num_taps = math.prod(taps)
+    out = aligned_empty((num_taps, i, o), dtype or kernel.dtype)
+    for o0 in range(0, o, TRANSPOSE_TILE):
+        band = np.asarray(kernel[o0 : o0 + TRANSPOSE_TILE]).reshape(-1, i, num_taps)
+        by_tap = np.ascontiguousarray(band.transpose(2, 0, 1))  # (taps, band, I)
+        for tap in range(num_taps):
+            for i0 in range(0, i, TRANSPOSE_TILE):
+                tile = by_tap[tap, :, i0 : i0 + TRANSPOSE_TILE]
+                out[tap, i0 : i0 + TRANSPOSE_TILE, o0 : o0 + TRANSPOSE_TILE] = tile.T
+    return out.reshape(*taps, i, o)
+
+
+def to_nnx_layout(leaf: str, array: np.ndarray, dtype: Any = None) -> np.ndarray:
+    """A PyTorch tensor in our layout and `dtype` (default: its own), as a new array from
+    `aligned_empty`: linear kernels transposed, conv kernels OIHW → HWIO."""
+    if leaf == "kernel" and array.ndim in (2, 4):
+        return to_hwio(array, dtype)
+    out = aligned_empty(array.shape, dtype or array.dtype)
+    np.copyto(out, array)
     return out
-
-
-def to_nnx_layout(leaf: str, array: np.ndarray) -> np.ndarray:
-    """A PyTorch tensor in our layout, contiguous: linear kernels transposed, conv kernels
-    OIHW → HWIO."""
-    if leaf == "kernel" and array.ndim == 2:
-        return transposed(array)
-    if leaf == "kernel" and array.ndim == 4:
-        o, i, h, w = array.shape
-        # (O, I·H·W) → (I, H·W, O) by tiles, then (H·W, I, O): whole rows of O move together.
-        flipped = transposed(array.reshape(o, i * h * w)).reshape(i, h * w, o)
-        return np.ascontiguousarray(flipped.transpose(1, 0, 2)).reshape(h, w, i, o)
-    return array
 
 
 def to_torch_layout(leaf: str, array: np.ndarray) -> np.ndarray:
@@ -145,25 +156,26 @@ def load_module(
     initial = host_values(build, flat, need_init, seed)
 
     problems: list[str] = []
-    values: dict[NnxPath, np.ndarray] = {}
+    values: dict[NnxPath, np.ndarray] = {}  # fresh and resized parameters, in our layout
     for path, var in flat.items():
         key, leaf, shape = keys[path], str(path[-1]), tuple(var.get_value().shape)
         if fresh(key):
             values[path] = initial[path]
-            continue
-        if key not in tensors:
+        elif key not in tensors:
             problems.append(f"missing {key}: expected shape {_torch_shape(leaf, shape)}")
-            continue
-        array = to_nnx_layout(leaf, np.asarray(tensors[key]))
-        if key in resize:
-            array = resize[key](array, shape, np.asarray(initial[path]))
-        if tuple(array.shape) != shape:
+        elif key in resize:
+            array = resize[key](to_nnx_layout(leaf, tensors[key]), shape, initial[path])
+            if tuple(array.shape) != shape:
+                problems.append(
+                    f"wrong shape for {key}: checkpoint {tuple(tensors[key].shape)} cannot be "
+                    f"resized to the model's {_torch_shape(leaf, shape)}"
+                )
+            values[path] = array
+        elif tuple(tensors[key].shape) != _torch_shape(leaf, shape):
             problems.append(
                 f"wrong shape for {key}: checkpoint {tuple(tensors[key].shape)}, "
                 f"model expects {_torch_shape(leaf, shape)}"
             )
-            continue
-        values[path] = array
     used = set(keys.values())
     ignored = [re.compile(p) for p in ignore]
     for key in sorted(tensors):
@@ -179,15 +191,26 @@ def load_module(
         "%s: %d tensors loaded (%d parameters), %d kept at their initial value%s%s",
         type(abstract).__name__,
         len(flat) - len(fresh_keys),
-        sum(int(np.prod(v.shape)) for p, v in values.items() if not fresh(keys[p])),
+        sum(tensors[keys[p]].size for p in flat if not fresh(keys[p])),
         len(fresh_keys),
         f" ({_summarise(fresh_keys)})" if fresh_keys else "",
         f"; resized: {', '.join(k for k in resize if k in used)}" if resize else "",
     )
+
+    def place(path: NnxPath) -> jax.Array:
+        dtype = flat[path].get_value().dtype
+        if path in values:
+            host = np.ascontiguousarray(values[path], dtype)
+        else:
+            host = to_nnx_layout(str(path[-1]), tensors[keys[path]], dtype)
+        return jax.device_put(host)  # a CPU device adopts an aligned host buffer without a copy
+
+    # Layout copies release the GIL: one parameter per core at a time, largest first.
+    order = sorted(flat, key=lambda p: -math.prod(flat[p].get_value().shape))
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        placed = dict(zip(order, pool.map(place, order), strict=True))
     for path, var in flat.items():
-        # A contiguous copy first: device_put of a transposed (strided) view is many times slower.
-        host = np.asarray(values[path], dtype=var.get_value().dtype, order="C")
-        var.set_value(jax.device_put(host))
+        var.set_value(placed[path])
     return nnx.merge(graphdef, nnx.from_flat_state(flat), rest)
 
 
