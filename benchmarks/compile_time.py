@@ -26,6 +26,7 @@ from unet_step import (
     CONFIGS,
     LEARNING_RATE,
     SEED,
+    add_chunk_flag,
     flax_apply,
     flax_unet,
     inputs_numpy,
@@ -152,6 +153,7 @@ def main() -> None:
     parser.add_argument("--config", default="sd2", choices=sorted(CONFIGS))
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--remat", action="store_true")
+    add_chunk_flag(parser)
     parser.add_argument("--subject_diffusion", action="store_true")
     parser.add_argument("--jit_init", action="store_true", help="also time jitted initialisers")
     parser.add_argument("--flax_python", default="")
@@ -164,6 +166,7 @@ def main() -> None:
         return
     flags = ["--config", args.config, "--dtype", args.dtype]
     flags += ["--remat"] * args.remat + ["--subject_diffusion"] * args.subject_diffusion
+    flags += ["--attention_query_chunk", str(args.attention_query_chunk)]
     rows = [("sdjax", run_worker(__file__, "sdjax", flags + ["--jit_init"] * args.jit_init))]
     if args.load:
         rows.append(("sdjax load_unet", run_worker(__file__, "load", flags)))

@@ -93,7 +93,12 @@ def sdjax_unet_config(args: argparse.Namespace):
     from sdjax.models.unet import UNetConfig  # noqa: PLC0415
 
     config = dict(CONFIGS[args.config])
-    overrides = dict(dtype=jnp.dtype(args.dtype), remat=args.remat, use_adapter=False)
+    overrides = dict(
+        dtype=jnp.dtype(args.dtype),
+        remat=args.remat,
+        attention_query_chunk=args.attention_query_chunk,
+        use_adapter=False,
+    )
     if args.subject_diffusion:
         config["in_channels"] = 5
         overrides["use_adapter"] = True
@@ -288,12 +293,19 @@ COLUMNS = (
 )
 
 
+def add_chunk_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--attention_query_chunk", type=int, default=0, help="sdjax self-attention query chunk"
+    )
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="small", choices=sorted(CONFIGS))
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--remat", action="store_true", help="gradient checkpointing everywhere")
+    add_chunk_flag(parser)
     parser.add_argument("--peers", default="sdjax,torch,flax")
     parser.add_argument("--flax_python", default="", help="python of a diffusers 0.39 venv")
     parser.add_argument("--subject_diffusion", action="store_true")
@@ -308,6 +320,7 @@ def forwarded(args: argparse.Namespace) -> list[str]:
     """The command-line flags a worker needs."""
     flags = ["--config", args.config, "--dtype", args.dtype, "--repeats", str(args.repeats)]
     flags += ["--remat"] * args.remat + ["--subject_diffusion"] * args.subject_diffusion
+    flags += ["--attention_query_chunk", str(args.attention_query_chunk)]
     return flags + ["--forward_only"] * args.forward_only
 
 

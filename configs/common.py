@@ -19,6 +19,9 @@ def base_config(resolution: int) -> ConfigDict:
     c.model.image_encoder_path = ""  # transformers CLIPVisionModelWithProjection folder
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
     c.model.remat = False
+    # Self-attention queries per chunk (0: all at once). Chunks bound the T x T attention
+    # probabilities to chunk x T: 4096-token SD layers need 335 MB per head group without.
+    c.model.attention_query_chunk = 0
 
     c.data = data_config(resolution)
 

@@ -53,8 +53,31 @@ def probs_at(probs: jax.Array, positions: jax.Array) -> jax.Array:
     return jnp.take_along_axis(probs, index, axis=-1).mean(axis=1)
 
 
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, query_chunk: int = 0) -> jax.Array:
+    """Fused softmax attention of q (B, T, N, H) over k, v (B, S, N, H).
+
+    With `query_chunk` > 0 and more queries than that, the queries go through in chunks of
+    `query_chunk` tokens, one after another (`lax.map`, the last chunk padded), each chunk
+    recomputed in the backward pass: at most chunk × S probabilities per head exist at a time
+    instead of T × S (335 MB per layer for SD 2's 4096 tokens, float32).
+    """
+    tokens = q.shape[1]
+    if not query_chunk or tokens <= query_chunk:
+        return jax.nn.dot_product_attention(q, k, v)
+    count = -(-tokens // query_chunk)
+    padded = jnp.pad(q, ((0, 0), (0, count * query_chunk - tokens), (0, 0), (0, 0)))
+    chunks = padded.reshape(q.shape[0], count, query_chunk, *q.shape[2:]).swapaxes(0, 1)
+    out = jax.lax.map(
+        jax.checkpoint(lambda chunk: jax.nn.dot_product_attention(chunk, k, v)), chunks
+    )
+    return out.swapaxes(0, 1).reshape(q.shape[0], count * query_chunk, *v.shape[2:])[:, :tokens]
+
+
 class Attention(nnx.Module):
-    """Multi-head attention: `to_q`, `to_k`, `to_v` (no bias) and `to_out`."""
+    """Multi-head attention: `to_q`, `to_k`, `to_v` (no bias) and `to_out`.
+
+    `query_chunk`: see `attend` (0: all queries at once).
+    """
 
     def __init__(
         self,
@@ -63,12 +86,14 @@ class Attention(nnx.Module):
         heads: int,
         dim_head: int,
         context_dim: int | None = None,
+        query_chunk: int = 0,
         dtype: DType = jnp.float32,
         rngs: nnx.Rngs,
     ):
         inner = heads * dim_head
         context_dim = context_dim or query_dim
         self.heads = heads
+        self.query_chunk = query_chunk
 
         def proj(n_in: int, n_out: int, axes: tuple[str, str], bias: bool) -> nnx.Linear:
             return linear(n_in, n_out, use_bias=bias, axes=axes, dtype=dtype, rngs=rngs)
@@ -92,7 +117,7 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
         """Fused attention of x (B, T, D) over context (B, S, C) (x itself when None)."""
         q, k, v = self._qkv(x, context)
-        return self._out(jax.nn.dot_product_attention(q, k, v))
+        return self._out(attend(q, k, v, self.query_chunk))
 
     def with_maps(
         self, x: jax.Array, context: jax.Array | None, positions: jax.Array
@@ -135,11 +160,19 @@ class GatedSelfAttentionDense(nnx.Module):
         *,
         heads: int,
         dim_head: int,
+        query_chunk: int = 0,
         dtype: DType = jnp.float32,
         rngs: nnx.Rngs,
     ):
         self.linear = linear(context_dim, query_dim, dtype=dtype, rngs=rngs)
-        self.attn = Attention(query_dim, heads=heads, dim_head=dim_head, dtype=dtype, rngs=rngs)
+        self.attn = Attention(
+            query_dim,
+            heads=heads,
+            dim_head=dim_head,
+            query_chunk=query_chunk,
+            dtype=dtype,
+            rngs=rngs,
+        )
         self.ff = FeedForward(query_dim, dtype=dtype, rngs=rngs)
         self.norm1 = LayerNorm(query_dim, LAYER_NORM_EPS, rngs=rngs)
         self.norm2 = LayerNorm(query_dim, LAYER_NORM_EPS, rngs=rngs)
@@ -157,7 +190,11 @@ class GatedSelfAttentionDense(nnx.Module):
 
 
 class BasicTransformerBlock(nnx.Module):
-    """Self-attention → grounding adapter (`fuser`) → cross-attention → feed-forward, pre-norm."""
+    """Self-attention → grounding adapter (`fuser`) → cross-attention → feed-forward, pre-norm.
+
+    `query_chunk` (see `attend`) applies to the two self-attentions, whose T × T probabilities
+    are the large ones; cross-attention has 77 keys.
+    """
 
     def __init__(
         self,
@@ -167,15 +204,15 @@ class BasicTransformerBlock(nnx.Module):
         dim_head: int,
         context_dim: int,
         grounding_dim: int | None,
+        query_chunk: int = 0,
         dtype: DType = jnp.float32,
         rngs: nnx.Rngs,
     ):
+        heads_args = dict(heads=heads, dim_head=dim_head, query_chunk=query_chunk, dtype=dtype)
         self.norm1 = LayerNorm(dim, LAYER_NORM_EPS, rngs=rngs)
-        self.attn1 = Attention(dim, heads=heads, dim_head=dim_head, dtype=dtype, rngs=rngs)
+        self.attn1 = Attention(dim, **heads_args, rngs=rngs)
         self.fuser = (
-            GatedSelfAttentionDense(
-                dim, grounding_dim, heads=heads, dim_head=dim_head, dtype=dtype, rngs=rngs
-            )
+            GatedSelfAttentionDense(dim, grounding_dim, **heads_args, rngs=rngs)
             if grounding_dim is not None
             else None
         )
@@ -224,6 +261,7 @@ class Transformer2DModel(nnx.Module):
         use_linear_projection: bool = False,
         grounding_dim: int | None = None,
         remat: bool = False,
+        query_chunk: int = 0,
         dtype: DType = jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -246,6 +284,7 @@ class Transformer2DModel(nnx.Module):
                     dim_head=channels // heads,
                     context_dim=context_dim,
                     grounding_dim=grounding_dim,
+                    query_chunk=query_chunk,
                     dtype=dtype,
                     rngs=rngs,
                 )

@@ -59,7 +59,12 @@ class SubjectDiffusion(nnx.Module):
 def part_configs(config: ConfigDict) -> dict:
     """Typed configs of every part from the `model` section of an sdjax config."""
     dtype = jnp.dtype(config.dtype)
-    unet = UNetConfig(**config.unet.to_dict(), dtype=dtype, remat=config.remat)
+    unet = UNetConfig(
+        **config.unet.to_dict(),
+        dtype=dtype,
+        remat=config.remat,
+        attention_query_chunk=config.get("attention_query_chunk", 0),  # absent in older exports
+    )
     text = CLIPTextConfig(**config.text_encoder.to_dict(), dtype=dtype, remat=config.remat)
     image = CLIPVisionConfig(**config.image_encoder.to_dict(), dtype=dtype, remat=config.remat)
     vae = VAEConfig(**config.vae.to_dict())

@@ -200,7 +200,7 @@ def load_module(
     def place(path: NnxPath) -> jax.Array:
         dtype = flat[path].get_value().dtype
         if path in values:
-            host = np.ascontiguousarray(values[path], dtype)
+            host = np.asarray(values[path], dtype, order="C")  # 0-d stays 0-d
         else:
             host = to_nnx_layout(str(path[-1]), tensors[keys[path]], dtype)
         return jax.device_put(host)  # a CPU device adopts an aligned host buffer without a copy

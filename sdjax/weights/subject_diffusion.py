@@ -11,13 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
-from safetensors.numpy import load_file
 
 from sdjax.models.grounding import GroundingNet
 from sdjax.models.subject_diffusion import SubjectDiffusion, part_configs
 from sdjax.models.text_encoder import CLSProjector
 from sdjax.weights.clip import load_image_encoder, load_text_encoder
 from sdjax.weights.core import load_module
+from sdjax.weights.mapped import map_safetensors
 from sdjax.weights.unet import load_unet
 from sdjax.weights.vae import load_vae
 
@@ -62,6 +62,7 @@ def load_parts(
         grounding_dim=unet_cfg.grounding_dim,
         use_adapter=unet_cfg.use_adapter,
         remat=unet_cfg.remat,
+        attention_query_chunk=unet_cfg.attention_query_chunk,
         attention_map_factors=unet_cfg.attention_map_factors,
     )
     text_encoder = load_text_encoder(base, dtype=text_cfg.dtype, remat=text_cfg.remat)
@@ -85,7 +86,7 @@ def load_parts(
             dtype=text_encoder.config.dtype,
         )
 
-    tensors = load_file(str(subject_modules)) if subject_modules else {}
+    tensors = map_safetensors(subject_modules) if subject_modules else {}
     fresh = (lambda key: False) if subject_modules else (lambda key: True)
     grounding = load_module(build_grounding, _strip(tensors, "grounding."), fresh=fresh)
     projector = load_module(build_projector, _strip(tensors, "cls_projector."), fresh=fresh)
