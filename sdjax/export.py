@@ -175,7 +175,7 @@ def export_run(
     if weights == "ema" and config.train.ema_decay <= 0:
         weights = "raw"
     mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
-    run = trainer.build_run(config, mesh)
+    run = trainer.build_run(config, mesh, frozen_as_computed=False)  # weights as loaded
     checkpoints = trainer.checkpointer(config, workdir)
     step = checkpoints.latest_step()
     if step is None:

@@ -121,15 +121,25 @@ class Run:
     step_fn: Callable
 
 
-def build_run(config: ConfigDict, mesh: jax.sharding.Mesh, model: nnx.Module | None = None) -> Run:
+def build_run(
+    config: ConfigDict,
+    mesh: jax.sharding.Mesh,
+    model: nnx.Module | None = None,
+    *,
+    frozen_as_computed: bool = True,
+) -> Run:
     """Model and train state on `mesh` (frozen weights stay outside the optimizer and the
     checkpoints) and the step, jitted once with explicit shardings and a donated state.
 
     `model`: an already initialised model to place on `mesh` instead of initialising one.
+    `frozen_as_computed`: store frozen kernels in the compute dtype
+    (`trainable.frozen_in_compute_dtype`); False keeps them as loaded (exports).
     """
     if model is None:
         model = init_model(config, mesh)
     graphdef, params, frozen = split_trainable(model, config)
+    if frozen_as_computed:
+        frozen = trainable.frozen_in_compute_dtype(frozen, config.model.dtype)
     frozen = jax.device_put(frozen, sharding.state_shardings(frozen, mesh))
     optimizer = make_optimizer(config.optimizer)
     # A copy: the step donates the state, which must not free the buffers of the model's arrays.
@@ -151,6 +161,7 @@ def abstract_run(config: ConfigDict, mesh: jax.sharding.Mesh) -> Run:
     state = jax.eval_shape(lambda p: init_train_state(p, optimizer, config.seed, use_ema), params)
     state = _with_shardings(state, _state_shardings(state, mesh))
     frozen = _with_shardings(frozen, sharding.state_shardings(frozen, mesh))
+    frozen = trainable.frozen_in_compute_dtype(frozen, config.model.dtype)
     return Run(graphdef, state, frozen, _jit_step(config, graphdef, optimizer, state, frozen, mesh))
 
 

@@ -3,12 +3,15 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from data.build_sample import build_sample_records
 from sdjax import sharding, trainer
 from sdjax.input_pipeline import pipeline
+from sdjax.training import trainable
 from tests.training_config import micro_config
 
 TOLERANCE = 1e-5  # float32, max abs difference of loss and updated parameters
@@ -35,8 +38,8 @@ def model(config):
     return trainer.init_model(config, sharding.make_mesh({"data": 1}, jax.devices()[:1]))
 
 
-def _one_step(config, mesh, batch, model):
-    run = trainer.build_run(config, mesh, model)
+def _one_step(config, mesh, batch, model, **build):
+    run = trainer.build_run(config, mesh, model, **build)
     state, metrics = run.step_fn(
         run.state, run.frozen, trainer.global_batch(batch, sharding.batch_sharding(mesh))
     )
@@ -174,3 +177,22 @@ def test_remat_step_equals_plain_step(config, batch, single_device_step):
     assert abs(float(metrics_r["loss"]) - float(metrics_1["loss"])) <= TOLERANCE
     diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), params_r, params_1)
     assert max(jax.tree.leaves(diffs)) <= TOLERANCE
+
+
+def test_bfloat16_step_with_frozen_kernels_in_bfloat16_is_unchanged(config, batch):
+    """Frozen kernels stored in the compute dtype give the very same step, with half the bytes."""
+    bf16 = config.copy_and_resolve_references()
+    bf16.model.dtype = "bfloat16"
+    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    model = trainer.init_model(bf16, mesh)
+    frozen = trainer.build_run(bf16, mesh, model).frozen
+    dtypes = {trainable.path_string(p): v.get_value().dtype for p, v in nnx.to_flat_state(frozen)}
+    assert dtypes["unet/conv_out/kernel"] == jnp.bfloat16
+    assert dtypes["image_encoder/vision_model/embeddings/patch_embedding/kernel"] == jnp.bfloat16
+    assert dtypes["unet/conv_out/bias"] == jnp.float32  # rank 1: kept
+    assert dtypes["vae/encoder/conv_in/kernel"] == jnp.float32  # the VAE computes in float32
+    params_a, metrics_a, _ = _one_step(bf16, mesh, batch, model)
+    params_b, metrics_b, _ = _one_step(bf16, mesh, batch, model, frozen_as_computed=False)
+    assert float(metrics_a["loss"]) == float(metrics_b["loss"])
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), params_a, params_b)
+    assert all(jax.tree.leaves(same))

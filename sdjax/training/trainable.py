@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
+import jax
 from flax import nnx
 
 # SPEC §1: UNet `conv_in`, every cross-attention to_k/to_v, all adapter parameters, the grounding net,
@@ -18,6 +20,9 @@ SUBJECT_DIFFUSION_TRAINABLE = (
     r"^text_encoder/",
 )
 FULL_UNET = (r"^unet/",)
+# Parts whose layers cast their kernels and tables to the model's compute dtype before use (the
+# VAE computes in float32 whatever the compute dtype).
+COMPUTE_DTYPE_PARTS = ("unet", "text_encoder", "image_encoder")
 IMAGE_ENCODER_TAIL = (
     r"^image_encoder/vision_model/encoder/layers/(?:{last})/",
     r"^image_encoder/vision_model/post_layernorm/",
@@ -52,3 +57,28 @@ def trainable_filter(patterns: Sequence[str]):
         return any(p.search(key) for p in compiled)
 
     return select
+
+
+def frozen_in_compute_dtype(frozen: nnx.State, dtype: Any) -> nnx.State:
+    """`frozen` with the kernels and tables (rank ≥ 2) of `COMPUTE_DTYPE_PARTS` stored in the
+    compute `dtype`.
+
+    Their layers cast them to `dtype` at every use, so the step computes exactly the same, and a
+    bfloat16 run keeps half the bytes of frozen weights (2.9 GB for SD 2 base with ViT-H/14).
+    Norm parameters (rank 1, used in float32) and the VAE keep their dtype. Works on arrays and
+    on `jax.ShapeDtypeStruct`s alike (shardings kept).
+    """
+    dtype = jax.numpy.dtype(dtype)
+
+    def cast(path: Sequence, value: Any) -> Any:
+        if value.ndim < 2 or value.dtype == dtype or str(path[0]) not in COMPUTE_DTYPE_PARTS:
+            return value
+        if isinstance(value, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(value.shape, dtype, sharding=value.sharding)
+        return value.astype(dtype)
+
+    # New variables: a split state shares its variables with the module it came from.
+    flat = [
+        (path, var.replace(cast(path, var.get_value()))) for path, var in nnx.to_flat_state(frozen)
+    ]
+    return nnx.from_flat_state(flat)
