@@ -4,8 +4,9 @@ The step of `sdjax.trainer.build_run` (VAE encode, CLIP vision, fusion text enco
 UNet with attention maps, both losses, AdamW on the trainable set) on synthetic batches shaped by
 `sdjax.input_pipeline.pipeline.output_signature(config.data)`, random weights.
 
-  --mode run: build the run (`trainer.build_run`: parameter init + sharding), compile the step
-      ahead of time, time `--steps` steps (median), peak RSS of this process.
+  --mode run: compile the step from shapes (`trainer.abstract_run`), then build the run
+      (`trainer.build_run`: parameter init + sharding), time `--steps` steps (median), peak RSS
+      of this process.
   --mode aot: compile only, from abstract parameters (`trainer.abstract_run`, nothing
       materialised): compile time and XLA's memory figures for configurations too large to run
       here (SD 2 base on a CPU).
@@ -33,6 +34,7 @@ from common import machine_description, median_seconds, peak_rss_gib, seconds  #
 
 from sdjax import sharding, trainer  # noqa: E402
 from sdjax.input_pipeline import pipeline  # noqa: E402
+from sdjax.training import aot  # noqa: E402
 
 # Dense bfloat16 peak flops per device (vendor figures), matched against `device_kind`.
 PEAK_BF16_FLOPS = {
@@ -103,13 +105,19 @@ def memory_figures(compiled) -> dict[str, float]:
 
 
 def run_mode(config, steps: int) -> dict:
-    """Build the run as training does, compile the step, time it."""
+    """Compile the step from shapes first (the compiler's memory is free again before any
+    parameter exists), then build the run as training does and time the step."""
     mesh = trainer.make_run_mesh(config)
+    abstract = trainer.abstract_run(config, mesh)
+    compile_s, compiled = seconds(
+        lambda: abstract.step_fn.lower(
+            abstract.state, abstract.frozen, aot.abstract_batch(config.data, mesh)
+        ).compile()
+    )
     build_s, run = seconds(lambda: trainer.build_run(config, mesh))
     batch = trainer.global_batch(
         synthetic_batch(config.data, config.data.batch_size), sharding.batch_sharding(mesh)
     )
-    compile_s, compiled = seconds(lambda: run.step_fn.lower(run.state, run.frozen, batch).compile())
     state = [run.state]
 
     def step():
@@ -134,11 +142,7 @@ def aot_mode(config) -> dict:
     """Compile the same step from abstract parameters (`trainer.abstract_run`)."""
     mesh = trainer.make_run_mesh(config)
     abstract_s, run = seconds(lambda: trainer.abstract_run(config, mesh))
-    batch_sharding = sharding.batch_sharding(mesh)
-    batch = {
-        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
-        for k, v in synthetic_batch(config.data, config.data.batch_size).items()
-    }
+    batch = aot.abstract_batch(config.data, mesh)
     lower_s, lowered = seconds(lambda: run.step_fn.lower(run.state, run.frozen, batch))
     compile_s, compiled = seconds(lowered.compile)
     count = lambda tree: sum(x.size for x in jax.tree.leaves(tree)) / 1e6  # noqa: E731
