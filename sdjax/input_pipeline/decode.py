@@ -111,3 +111,23 @@ def decode_masks(encoded: tf.Tensor, height: tf.Tensor, width: tf.Tensor):
     decoded_ok, (masks, sized) = try_apply(decode_all, encoded, fallback)
     # map_fn cannot stack zero results of unknown shape: no mask is trivially fine.
     return decoded_ok | (count == 0), tf.reduce_all(sized), masks
+
+
+def decode_latents(
+    serialized: tf.Tensor, resolution: int, shape: tuple[int, int, int]
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """`(ok, moments)`: the cached latent moments of a record as float32 `shape`; ok when the
+    record holds them, computed at `resolution` and of that shape."""
+    parsed_ok, features = try_apply(
+        lambda s: tf.io.parse_single_example(s, schema.LATENT_FEATURE_SPEC),
+        serialized,
+        {
+            schema.LATENT_MOMENTS: tf.constant(b""),
+            schema.LATENT_RESOLUTION: tf.constant(0, tf.int64),
+        },
+    )
+    values = tf.io.decode_raw(features[schema.LATENT_MOMENTS], tf.as_dtype(schema.LATENT_DTYPE))
+    size = shape[0] * shape[1] * shape[2]
+    ok = parsed_ok & (features[schema.LATENT_RESOLUTION] == resolution) & (tf.size(values) == size)
+    fitted = tf.reshape(tf.pad(values, [[0, size]])[:size], shape)  # static shape when not ok
+    return ok, tf.cast(fitted, tf.float32)

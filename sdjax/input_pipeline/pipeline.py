@@ -36,6 +36,9 @@ from sdjax.tokenizer import EOS_ID, MAX_LENGTH, PLACEHOLDER_ID
 # TFRecord framing around each record's bytes: length (8), length CRC (4), data CRC (4).
 TFRECORD_OVERHEAD = 16
 REFERENCE_RESOLUTION = 512
+# Crop draws by `data.crop`: "centred" takes the middle of the admissible square crops.
+CENTRED_CROP = (0.5, 0.5)
+CROP_DRAWS = ("random", "centred")
 
 
 def default_config(resolution: int = REFERENCE_RESOLUTION) -> ml_collections.ConfigDict:
@@ -48,6 +51,9 @@ def default_config(resolution: int = REFERENCE_RESOLUTION) -> ml_collections.Con
     c.batch_size = 8  # global; each host gets batch_size / process_count
     c.resolution = resolution
     c.latent_downsample = 8  # location mask at resolution / latent_downsample
+    c.latent_channels = 4  # VAE latent channels (cached latents hold twice as many moments)
+    c.crop = "random"  # random | centred: which square crop keeping every box (augment.py)
+    c.cached_latents = False  # read VAE moments cached in the records; needs crop="centred"
     c.attention_map_sizes = (resolution // 16, resolution // 32, resolution // 64)
     c.subject_size = 224
     c.max_subjects = 2
@@ -113,7 +119,25 @@ def output_signature(cfg: ml_collections.ConfigDict) -> dict[str, tf.TensorSpec]
     }
     for m in cfg.attention_map_sizes:
         spec[f"subject_masks_{m}"] = tf.TensorSpec([s, m, m], tf.float32)
+    if cfg.cached_latents:
+        spec["latent_moments"] = tf.TensorSpec(latent_moments_shape(cfg), tf.float32)
     return spec
+
+
+def latent_moments_shape(cfg: ml_collections.ConfigDict) -> tuple[int, int, int]:
+    """(R/f, R/f, 2C): the VAE posterior's mean and log-variance channels at the crop size."""
+    latent = cfg.resolution // cfg.latent_downsample
+    return (latent, latent, 2 * cfg.latent_channels)
+
+
+def _check_crop(cfg: ml_collections.ConfigDict) -> None:
+    if cfg.crop not in CROP_DRAWS:
+        raise ValueError(f"data.crop={cfg.crop!r}; known: {sorted(CROP_DRAWS)}")
+    if cfg.cached_latents and cfg.crop != "centred":
+        raise ValueError(
+            "data.cached_latents needs data.crop='centred': the latents were encoded from that "
+            f"crop (data.crop={cfg.crop!r})"
+        )
 
 
 def _transformed_signature(cfg: ml_collections.ConfigDict) -> dict[str, tf.TensorSpec]:
@@ -174,6 +198,11 @@ def _select(element: dict, cfg: ml_collections.ConfigDict) -> tuple[tf.Tensor, d
     selected = filters.rank_and_select(boxes, scores, eligible, f.max_overlap, cfg.max_subjects)
     mask_slot = tf.cumsum(tf.cast(candidates, tf.int32)) - 1
     near_white = filters.near_white_fraction(image, f.near_white_threshold)
+    latents_ok, moments = tf.constant(True), None
+    if cfg.cached_latents:
+        latents_ok, moments = decode.decode_latents(
+            element["record"], cfg.resolution, latent_moments_shape(cfg)
+        )
     reason = _first_failure(
         [
             (element["file_reason"] == int(Reason.OK), Reason.CORRUPT_FILE),
@@ -188,6 +217,7 @@ def _select(element: dict, cfg: ml_collections.ConfigDict) -> tuple[tf.Tensor, d
                 Reason.PLACEHOLDER_IN_CAPTION,
             ),
             (tf.size(selected) > 0, Reason.NO_SUBJECT),
+            (latents_ok, Reason.NO_LATENTS),
         ]
     )
     selection = {
@@ -199,6 +229,8 @@ def _select(element: dict, cfg: ml_collections.ConfigDict) -> tuple[tf.Tensor, d
         "clause_ids": features["entities/clause_ids"],
         "clause_lengths": features["entities/clause_length"],
     }
+    if moments is not None:
+        selection["latent_moments"] = moments
     return reason, selection
 
 
@@ -238,6 +270,8 @@ def _transform(selection: dict, u: tf.Tensor, cfg: ml_collections.ConfigDict):
         ),
         "_masks": masks,
     }
+    if "latent_moments" in selection:
+        example["latent_moments"] = selection["latent_moments"]
     for size, resized in augment.attention_masks(masks, cfg.attention_map_sizes).items():
         example[f"subject_masks_{size}"] = resized
     reason = tf.where(count > 0, int(Reason.OK), int(Reason.NO_SUBJECT))
@@ -256,7 +290,7 @@ def process_example(
     signature = _transformed_signature(cfg)
 
     def transform():
-        u = tf.random.stateless_uniform([2], crop_seed)
+        u = tf.random.stateless_uniform([2], crop_seed) if cfg.crop == "random" else CENTRED_CROP
         code, example = _transform(selection, u, cfg)
         return code, {k: tf.ensure_shape(v, signature[k].shape) for k, v in example.items()}
 
@@ -370,6 +404,7 @@ def build_dataset(
 ) -> tf.data.Dataset:
     """Batched training examples of this host (per-host batch: batch_size / process_count)."""
     hide_accelerators_from_tensorflow()
+    _check_crop(cfg)
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     if cfg.batch_size % process_count:

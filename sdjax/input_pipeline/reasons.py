@@ -20,6 +20,8 @@ class Reason(enum.IntEnum):
     NEAR_WHITE = 7  # too many near-white pixels
     PLACEHOLDER_IN_CAPTION = 8  # the caption already holds the placeholder token
     NO_SUBJECT = 9  # no entity passes the filters (or none is left after the crop)
+    # Bad input, only with `cached_latents`.
+    NO_LATENTS = 10  # no cached latents at the configured resolution (data/cache_latents.py)
 
 
 NUM_REASONS = len(Reason)
@@ -31,6 +33,7 @@ BAD_INPUT = frozenset(
         Reason.BAD_MASK,
         Reason.MASK_SIZE,
         Reason.BAD_BOX,
+        Reason.NO_LATENTS,
     }
 )
 

@@ -58,6 +58,25 @@ def _parse_feature(field: Field) -> tf.io.FixedLenFeature | tf.io.FixedLenSequen
 # For `tf.io.parse_single_example`: scalars parse to shape (), lists to shape (n,).
 FEATURE_SPEC = {field.name: _parse_feature(field) for field in FIELDS}
 
+# Optional: VAE posterior moments of the reader's centred crop (`data/cache_latents.py`), float16
+# bytes of shape (R/f, R/f, 2C), mean channels then log-variance channels, and that R.
+LATENT_MOMENTS = "latents/moments"
+LATENT_RESOLUTION = "latents/resolution"
+LATENT_DTYPE = np.float16
+LATENT_FEATURE_SPEC = {
+    LATENT_MOMENTS: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    LATENT_RESOLUTION: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+}
+
+
+def with_latents(record: bytes, moments: np.ndarray, resolution: int) -> bytes:
+    """A serialized record with cached latents (replacing any it held)."""
+    example = tf.train.Example.FromString(record)
+    features = example.features.feature
+    features[LATENT_MOMENTS].bytes_list.value[:] = [moments.astype(LATENT_DTYPE).tobytes()]
+    features[LATENT_RESOLUTION].int64_list.value[:] = [resolution]
+    return example.SerializeToString()
+
 
 @dataclasses.dataclass(frozen=True)
 class Entity:

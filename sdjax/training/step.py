@@ -15,6 +15,7 @@ from flax import nnx, struct
 from ml_collections import ConfigDict
 
 from sdjax import losses, schedulers
+from sdjax.models.vae import DiagonalGaussian
 from sdjax.schedulers import Schedule
 
 
@@ -68,7 +69,10 @@ def subject_diffusion_loss(
     k_latent, k_noise, k_time = jax.random.split(key, 3)
     b = batch["image"].shape[0]
 
-    posterior = model.vae.encode(batch["image"])
+    if "latent_moments" in batch:  # cached by data/cache_latents.py: no VAE encode here
+        posterior = DiagonalGaussian.from_moments(batch["latent_moments"])
+    else:
+        posterior = model.vae.encode(batch["image"])
     latents = jax.lax.stop_gradient(posterior.sample(k_latent) * config.vae_scaling_factor)
 
     keep_text = ~batch["drop_text"]
