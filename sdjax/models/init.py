@@ -73,7 +73,7 @@ def initializer(spec: InitSpec, axes: Sequence[str | None]) -> nnx.Initializer:
 
 
 def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
-    """An uninitialised C-contiguous array in an anonymous memory map of its own.
+    """An uninitialised C-contiguous array in a private anonymous memory map of its own.
 
     Page-aligned, so placing it on a CPU device shares its memory instead of copying it; in small
     pages, which the kernel hands out at once (NumPy asks for transparent huge pages for large
@@ -81,7 +81,7 @@ def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
     """
     dtype = np.dtype(dtype)
     count = math.prod(shape)
-    buffer = mmap.mmap(-1, max(count * dtype.itemsize, 1))
+    buffer = mmap.mmap(-1, max(count * dtype.itemsize, 1), flags=mmap.MAP_PRIVATE)
     return np.frombuffer(buffer, dtype, count).reshape(shape)
 
 
