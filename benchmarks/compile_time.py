@@ -166,7 +166,7 @@ def main() -> None:
         return
     flags = ["--config", args.config, "--dtype", args.dtype]
     flags += ["--remat"] * args.remat + ["--subject_diffusion"] * args.subject_diffusion
-    flags += ["--attention_query_chunk", str(args.attention_query_chunk)]
+    flags += ["--attention_block", str(args.attention_block)]
     rows = [("sdjax", run_worker(__file__, "sdjax", flags + ["--jit_init"] * args.jit_init))]
     if args.load:
         rows.append(("sdjax load_unet", run_worker(__file__, "load", flags)))

@@ -96,7 +96,7 @@ def sdjax_unet_config(args: argparse.Namespace):
     overrides = dict(
         dtype=jnp.dtype(args.dtype),
         remat=args.remat,
-        attention_query_chunk=args.attention_query_chunk,
+        attention_block=args.attention_block,
         use_adapter=False,
     )
     if args.subject_diffusion:
@@ -295,7 +295,7 @@ COLUMNS = (
 
 def add_chunk_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--attention_query_chunk", type=int, default=0, help="sdjax self-attention query chunk"
+        "--attention_block", type=int, default=0, help="sdjax self-attention block (tokens)"
     )
 
 
@@ -320,7 +320,7 @@ def forwarded(args: argparse.Namespace) -> list[str]:
     """The command-line flags a worker needs."""
     flags = ["--config", args.config, "--dtype", args.dtype, "--repeats", str(args.repeats)]
     flags += ["--remat"] * args.remat + ["--subject_diffusion"] * args.subject_diffusion
-    flags += ["--attention_query_chunk", str(args.attention_query_chunk)]
+    flags += ["--attention_block", str(args.attention_block)]
     return flags + ["--forward_only"] * args.forward_only
 
 

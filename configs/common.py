@@ -19,9 +19,9 @@ def base_config(resolution: int) -> ConfigDict:
     c.model.image_encoder_path = ""  # transformers CLIPVisionModelWithProjection folder
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
     c.model.remat = False
-    # Self-attention queries per chunk (0: all at once). Chunks bound the T x T attention
-    # probabilities to chunk x T: 4096-token SD layers need 335 MB per head group without.
-    c.model.attention_query_chunk = 0
+    # Self-attention by blocks of this many tokens with a running softmax (0: whole). Bounds the
+    # T x T logits (335 MB per 4096-token SD layer, float32) and keeps them in cache on CPUs.
+    c.model.attention_block = 0
 
     c.data = data_config(resolution)
 

@@ -42,7 +42,7 @@ from sdjax.weights.unet import ADAPTER_MARK, UNET_RENAMES
 from sdjax.weights.vae import RENAMES as VAE_RENAMES
 
 SDJAX_UNET_KEYS = ("grounding_dim", "use_adapter", "attention_map_factors")
-NOT_SAVED = ("dtype", "remat", "attention_query_chunk")
+NOT_SAVED = ("dtype", "remat", "attention_block")
 
 
 def unet_config_json(config: UNetConfig, with_sdjax_keys: bool) -> dict:

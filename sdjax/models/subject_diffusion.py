@@ -63,7 +63,7 @@ def part_configs(config: ConfigDict) -> dict:
         **config.unet.to_dict(),
         dtype=dtype,
         remat=config.remat,
-        attention_query_chunk=config.get("attention_query_chunk", 0),  # absent in older exports
+        attention_block=config.get("attention_block", 0),  # absent in older exports
     )
     text = CLIPTextConfig(**config.text_encoder.to_dict(), dtype=dtype, remat=config.remat)
     image = CLIPVisionConfig(**config.image_encoder.to_dict(), dtype=dtype, remat=config.remat)

@@ -65,7 +65,7 @@ class UNetConfig:
     grounding_dim: int = 1024
     use_adapter: bool = True
     remat: bool = False
-    attention_query_chunk: int = 0  # self-attention queries per chunk (`attention.attend`); 0: all
+    attention_block: int = 0  # self-attention tokens per block (`attention.attend`); 0: whole
     dtype: Any = jnp.float32
     attention_map_factors: tuple[int, ...] = (2, 4, 8)
 
@@ -218,7 +218,7 @@ def _new_transformer(cfg: UNetConfig, channels: int, block: int, rngs: nnx.Rngs)
         use_linear_projection=cfg.use_linear_projection,
         grounding_dim=cfg.grounding_dim if cfg.use_adapter else None,
         remat=cfg.remat,
-        query_chunk=cfg.attention_query_chunk,
+        attention_block=cfg.attention_block,
         dtype=cfg.dtype,
         rngs=rngs,
     )

@@ -62,7 +62,7 @@ def load_parts(
         grounding_dim=unet_cfg.grounding_dim,
         use_adapter=unet_cfg.use_adapter,
         remat=unet_cfg.remat,
-        attention_query_chunk=unet_cfg.attention_query_chunk,
+        attention_block=unet_cfg.attention_block,
         attention_map_factors=unet_cfg.attention_map_factors,
     )
     text_encoder = load_text_encoder(base, dtype=text_cfg.dtype, remat=text_cfg.remat)
