@@ -26,7 +26,7 @@ from unet_step import (
     CONFIGS,
     LEARNING_RATE,
     SEED,
-    add_chunk_flag,
+    add_attention_block_flag,
     flax_apply,
     flax_unet,
     inputs_numpy,
@@ -153,7 +153,7 @@ def main() -> None:
     parser.add_argument("--config", default="sd2", choices=sorted(CONFIGS))
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--remat", action="store_true")
-    add_chunk_flag(parser)
+    add_attention_block_flag(parser)
     parser.add_argument("--subject_diffusion", action="store_true")
     parser.add_argument("--jit_init", action="store_true", help="also time jitted initialisers")
     parser.add_argument("--flax_python", default="")

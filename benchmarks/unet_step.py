@@ -293,7 +293,7 @@ COLUMNS = (
 )
 
 
-def add_chunk_flag(parser: argparse.ArgumentParser) -> None:
+def add_attention_block_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--attention_block", type=int, default=0, help="sdjax self-attention block (tokens)"
     )
@@ -305,7 +305,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--remat", action="store_true", help="gradient checkpointing everywhere")
-    add_chunk_flag(parser)
+    add_attention_block_flag(parser)
     parser.add_argument("--peers", default="sdjax,torch,flax")
     parser.add_argument("--flax_python", default="", help="python of a diffusers 0.39 venv")
     parser.add_argument("--subject_diffusion", action="store_true")

@@ -167,7 +167,7 @@ class Attention(nnx.Module):
         return self.to_out(o.reshape(*o.shape[:2], -1))
 
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
-        """Fused attention of x (B, T, D) over context (B, S, C) (x itself when None)."""
+        """Attention of x (B, T, D) over context (B, S, C) (x itself when None)."""
         q, k, v = self._qkv(x, context)
         return self._out(attend(q, k, v, self.attention_block))
 
