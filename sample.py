@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from sdjax.compilation import add_xla_flags
 from sdjax.sampling import SamplingInputError, Subject, SubjectDiffusionPipeline, image_grid
 from sdjax.sampling.layout import check_box
 from sdjax.sampling.subjects import read_subject
@@ -144,6 +145,7 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    add_xla_flags()  # read when JAX starts its backend, below
     warnings.showwarning = show_warning
     try:
         subjects = load_subjects(getattr(args, SUBJECT_KEY) or [])

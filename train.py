@@ -17,6 +17,7 @@ from ml_collections import config_flags
 
 from data.build_sample import build_sample_records
 from sdjax import export, trainer
+from sdjax.compilation import add_xla_flags
 
 REPO = Path(__file__).resolve().parent
 
@@ -32,6 +33,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
+    add_xla_flags()  # read when JAX starts its backend, below
     config = flags.FLAGS.config
     workdir = Path(flags.FLAGS.workdir or config.workdir)
     if not config.data.file_pattern:

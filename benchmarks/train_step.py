@@ -32,9 +32,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from common import machine_description, median_seconds, peak_rss_gib, seconds  # noqa: E402
 
-from sdjax import sharding, trainer  # noqa: E402
+from sdjax import compilation, sharding, trainer  # noqa: E402
 from sdjax.input_pipeline import pipeline  # noqa: E402
-from sdjax.training import aot  # noqa: E402
 
 # Dense bfloat16 peak flops per device (vendor figures), matched against `device_kind`.
 PEAK_BF16_FLOPS = {
@@ -111,9 +110,10 @@ def run_mode(config, steps: int) -> dict:
     abstract = trainer.abstract_run(config, mesh)
     compile_s, compiled = seconds(
         lambda: abstract.step_fn.lower(
-            abstract.state, abstract.frozen, aot.abstract_batch(config.data, mesh)
+            abstract.state, abstract.frozen, trainer.abstract_batch(config.data, mesh)
         ).compile()
     )
+    compilation.release_free_heap()  # as `trainer.train` does after compiling
     build_s, run = seconds(lambda: trainer.build_run(config, mesh))
     batch = trainer.global_batch(
         synthetic_batch(config.data, config.data.batch_size), sharding.batch_sharding(mesh)
@@ -142,7 +142,7 @@ def aot_mode(config) -> dict:
     """Compile the same step from abstract parameters (`trainer.abstract_run`)."""
     mesh = trainer.make_run_mesh(config)
     abstract_s, run = seconds(lambda: trainer.abstract_run(config, mesh))
-    batch = aot.abstract_batch(config.data, mesh)
+    batch = trainer.abstract_batch(config.data, mesh)
     lower_s, lowered = seconds(lambda: run.step_fn.lower(run.state, run.frozen, batch))
     compile_s, compiled = seconds(lowered.compile)
     count = lambda tree: sum(x.size for x in jax.tree.leaves(tree)) / 1e6  # noqa: E731
@@ -168,6 +168,7 @@ def main() -> None:
     parser.add_argument("--remat", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
+    compilation.add_xla_flags()  # as train.py does
     config = load_config(args)
     result = run_mode(config, args.steps) if args.mode == "run" else aot_mode(config)
     device = jax.devices()[0]

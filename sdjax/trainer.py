@@ -17,7 +17,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from sdjax import schedulers, sharding
+from sdjax import compilation, schedulers, sharding
 from sdjax.input_pipeline import pipeline
 from sdjax.input_pipeline.iterator_state import PipelineIterator
 from sdjax.models.init import init_module
@@ -135,15 +135,15 @@ def build_run(
     `frozen_as_computed`: store frozen kernels in the compute dtype
     (`trainable.frozen_in_compute_dtype`); False keeps them as loaded (exports).
     """
-    if model is None:
-        model = init_model(config, mesh)
-    graphdef, params, frozen = split_trainable(model, config)
-    if frozen_as_computed:
+    given = model is not None
+    graphdef, params, frozen = split_trainable(model if given else init_model(config, mesh), config)
+    del model  # a model initialised here lives on only in `params` and `frozen`
+    if frozen_as_computed:  # the originals are freed once cast
         frozen = trainable.frozen_in_compute_dtype(frozen, config.model.dtype)
     frozen = jax.device_put(frozen, sharding.state_shardings(frozen, mesh))
     optimizer = make_optimizer(config.optimizer)
-    # A copy: the step donates the state, which must not free the buffers of the model's arrays.
-    params = jax.tree.map(jnp.copy, params)
+    if given:  # the step donates the state, which must not free the buffers of the caller's model
+        params = jax.tree.map(jnp.copy, params)
     state = init_train_state(params, optimizer, config.seed, config.train.ema_decay > 0)
     state = jax.device_put(state, _state_shardings(state, mesh))
     return Run(graphdef, state, frozen, _jit_step(config, graphdef, optimizer, state, frozen, mesh))
@@ -174,6 +174,24 @@ def _jit_step(config, graphdef, optimizer, state, frozen, mesh) -> Callable:
         out_shardings=(_shardings_of(state), sharding.replicated(mesh)),
         donate_argnums=(0,),
     )
+
+
+def abstract_batch(data: ConfigDict, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global batch of the data config `data`, as shape structs split over the batch axes."""
+    placed = sharding.batch_sharding(mesh)
+    return {
+        name: jax.ShapeDtypeStruct(
+            (data.batch_size, *spec.shape), spec.dtype.as_numpy_dtype, sharding=placed
+        )
+        for name, spec in pipeline.output_signature(data).items()
+    }
+
+
+def compile_step(run: Run, config: ConfigDict, mesh: jax.sharding.Mesh) -> None:
+    """Compiles the step before the first batch (`jax.jit` keeps the program), then hands the
+    compiler's scratch memory back to the system before the step's own buffers are allocated."""
+    run.step_fn.lower(run.state, run.frozen, abstract_batch(config.data, mesh)).compile()
+    compilation.release_free_heap()
 
 
 def _with_shardings(abstract, shardings):
@@ -222,6 +240,7 @@ def train(
     batches = make_batches(config.data)
 
     run = build_run(config, mesh)
+    compile_step(run, config, mesh)
     state, frozen, step_fn = run.state, run.frozen, run.step_fn
     checkpoints = checkpointer(config, workdir)
 

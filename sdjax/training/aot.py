@@ -18,7 +18,6 @@ from jax.experimental import topologies
 from ml_collections import ConfigDict
 
 from sdjax import sharding, trainer
-from sdjax.input_pipeline.pipeline import output_signature
 
 GIB = 2**30
 # High-bandwidth memory per chip, by `device.device_kind`.
@@ -42,17 +41,6 @@ def topology_devices(topology: str) -> list[jax.Device]:
             f"compiling for TPU topology {topology!r} needs libtpu: pip install 'sdjax[tpu]'"
         )
     return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
-
-
-def abstract_batch(data: ConfigDict, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
-    """The global batch of the data config `data`, as shape structs split over the batch axes."""
-    placed = sharding.batch_sharding(mesh)
-    return {
-        name: jax.ShapeDtypeStruct(
-            (data.batch_size, *spec.shape), spec.dtype.as_numpy_dtype, sharding=placed
-        )
-        for name, spec in output_signature(data).items()
-    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +90,7 @@ def compile_step(
     run = trainer.abstract_run(config, mesh)
 
     start = time.perf_counter()
-    lowered = run.step_fn.lower(run.state, run.frozen, abstract_batch(config.data, mesh))
+    lowered = run.step_fn.lower(run.state, run.frozen, trainer.abstract_batch(config.data, mesh))
     lowered_at = time.perf_counter()
     compiled = lowered.compile(dict(compiler_options) if compiler_options else None)
     compiled_at = time.perf_counter()

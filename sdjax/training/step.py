@@ -17,6 +17,7 @@ from ml_collections import ConfigDict
 from sdjax import losses, schedulers
 from sdjax.models.vae import DiagonalGaussian
 from sdjax.schedulers import Schedule
+from sdjax.training.optimizer import AdamW, AdamWState
 
 
 @struct.dataclass
@@ -25,15 +26,13 @@ class TrainState:
 
     step: jax.Array
     params: nnx.State
-    opt_state: optax.OptState
+    opt_state: AdamWState
     ema: nnx.State
     rng: jax.Array
     skipped: jax.Array  # steps whose loss or gradient was not finite (their update was dropped)
 
 
-def init_train_state(
-    params: nnx.State, optimizer: optax.GradientTransformation, seed: int, use_ema: bool
-) -> TrainState:
+def init_train_state(params: nnx.State, optimizer: AdamW, seed: int, use_ema: bool) -> TrainState:
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -113,7 +112,7 @@ def subject_diffusion_loss(
 
 def make_train_step(
     graphdef: nnx.GraphDef,
-    optimizer: optax.GradientTransformation,
+    optimizer: AdamW,
     schedule: Schedule,
     config: ConfigDict,
 ) -> Callable[[TrainState, nnx.State, dict], tuple[TrainState, dict]]:
@@ -130,15 +129,11 @@ def make_train_step(
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-        params = keep(params, state.params)
-        opt_state = keep(opt_state, state.opt_state)
+        params, opt_state = optimizer.update(grads, state.opt_state, state.params, finite)
         ema = state.ema
         if config.ema_decay > 0:
-            decay = config.ema_decay
-            ema = keep(jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params), ema)
+            decay = jnp.where(finite, config.ema_decay, 1.0)  # a skipped step leaves it as is
+            ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
         new_state = state.replace(
             step=state.step + 1,
             params=params,
