@@ -8,7 +8,7 @@ buffer sizes of the compiled step). Medians of `--repeats` runs after one warm-u
 
 python benchmarks/unet_step.py [--config small|sd2] [--dtype float32|bfloat16] [--repeats 5]
     [--flax_python /path/to/venv/bin/python]   # diffusers 0.39 Flax UNet, in its own venv
-    [--remat] [--peers sdjax,torch,flax] [--forward_only]
+    [--remat] [--memory_scheduler] [--peers sdjax,torch,flax] [--forward_only]
 
 The UNet compared is the plain Stable Diffusion one (4 input channels, no grounding adapter, no
 attention maps): the parameters diffusers has. `--subject_diffusion` adds sdjax's 5th input
@@ -190,9 +190,12 @@ def worker_sdjax(args) -> dict:
     import optax  # noqa: PLC0415
     from flax import nnx  # noqa: PLC0415
 
+    from sdjax.compilation import add_xla_flags  # noqa: PLC0415
     from sdjax.models.init import init_module  # noqa: PLC0415
     from sdjax.models.unet import UNet  # noqa: PLC0415
 
+    if args.memory_scheduler:
+        add_xla_flags()  # before the first array starts JAX's backend
     cfg = sdjax_unet_config(args)
     x, t, context, target, grounding, positions = sdjax_inputs(args, cfg)
     init_s, unet = seconds(lambda: init_module(lambda rngs: UNet(cfg, rngs=rngs), SEED))
@@ -305,6 +308,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--remat", action="store_true", help="gradient checkpointing everywhere")
+    parser.add_argument(
+        "--memory_scheduler",
+        action="store_true",
+        help="sdjax with XLA:CPU's memory-minimising scheduler, as train.py runs (SD 2 on 24 GB)",
+    )
     add_attention_block_flag(parser)
     parser.add_argument("--peers", default="sdjax,torch,flax")
     parser.add_argument("--flax_python", default="", help="python of a diffusers 0.39 venv")
@@ -320,6 +328,7 @@ def forwarded(args: argparse.Namespace) -> list[str]:
     """The command-line flags a worker needs."""
     flags = ["--config", args.config, "--dtype", args.dtype, "--repeats", str(args.repeats)]
     flags += ["--remat"] * args.remat + ["--subject_diffusion"] * args.subject_diffusion
+    flags += ["--memory_scheduler"] * args.memory_scheduler
     flags += ["--attention_block", str(args.attention_block)]
     return flags + ["--forward_only"] * args.forward_only
 
