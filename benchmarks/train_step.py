@@ -108,12 +108,7 @@ def run_mode(config, steps: int) -> dict:
     parameter exists), then build the run as training does and time the step."""
     mesh = trainer.make_run_mesh(config)
     abstract = trainer.abstract_run(config, mesh)
-    compile_s, compiled = seconds(
-        lambda: abstract.step_fn.lower(
-            abstract.state, abstract.frozen, trainer.abstract_batch(config.data, mesh)
-        ).compile()
-    )
-    compilation.release_free_heap()  # as `trainer.train` does after compiling
+    compile_s, compiled = seconds(lambda: trainer.compile_step(abstract, config, mesh))
     build_s, run = seconds(lambda: trainer.build_run(config, mesh))
     batch = trainer.global_batch(
         synthetic_batch(config.data, config.data.batch_size), sharding.batch_sharding(mesh)

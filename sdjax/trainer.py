@@ -135,14 +135,15 @@ def build_run(
     `frozen_as_computed`: store frozen kernels in the compute dtype
     (`trainable.frozen_in_compute_dtype`); False keeps them as loaded (exports).
     """
-    given = model is not None
-    graphdef, params, frozen = split_trainable(model if given else init_model(config, mesh), config)
-    del model  # a model initialised here lives on only in `params` and `frozen`
+    # Inline: a model initialised here is not held, its arrays live on in `params` and `frozen`.
+    graphdef, params, frozen = split_trainable(
+        model if model is not None else init_model(config, mesh), config
+    )
     if frozen_as_computed:  # the originals are freed once cast
         frozen = trainable.frozen_in_compute_dtype(frozen, config.model.dtype)
     frozen = jax.device_put(frozen, sharding.state_shardings(frozen, mesh))
     optimizer = make_optimizer(config.optimizer)
-    if given:  # the step donates the state, which must not free the buffers of the caller's model
+    if model is not None:  # the step donates the state; the caller's model keeps its buffers
         params = jax.tree.map(jnp.copy, params)
     state = init_train_state(params, optimizer, config.seed, config.train.ema_decay > 0)
     state = jax.device_put(state, _state_shardings(state, mesh))
@@ -187,11 +188,12 @@ def abstract_batch(data: ConfigDict, mesh: jax.sharding.Mesh) -> dict[str, jax.S
     }
 
 
-def compile_step(run: Run, config: ConfigDict, mesh: jax.sharding.Mesh) -> None:
+def compile_step(run: Run, config: ConfigDict, mesh: jax.sharding.Mesh) -> jax.stages.Compiled:
     """Compiles the step before the first batch (`jax.jit` keeps the program), then hands the
     compiler's scratch memory back to the system before the step's own buffers are allocated."""
-    run.step_fn.lower(run.state, run.frozen, abstract_batch(config.data, mesh)).compile()
+    compiled = run.step_fn.lower(run.state, run.frozen, abstract_batch(config.data, mesh)).compile()
     compilation.release_free_heap()
+    return compiled
 
 
 def _with_shardings(abstract, shardings):
