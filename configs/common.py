@@ -17,11 +17,15 @@ def base_config(resolution: int) -> ConfigDict:
         ""  # diffusers Stable Diffusion folder (unet/ vae/ text_encoder/ tokenizer/)
     )
     c.model.image_encoder_path = ""  # transformers CLIPVisionModelWithProjection folder
+    c.model.vae_path = ""  # without `pretrained`: a diffusers AutoencoderKL folder, the rest random
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
     c.model.remat = False
     # Self-attention by blocks of this many tokens with a running softmax (0: whole). Bounds the
     # T x T logits (335 MB per 4096-token SD layer, float32) and keeps them in cache on CPUs.
     c.model.attention_block = 0
+    # The method's conditioning paths (SPEC §1); switching one off is an ablation.
+    c.model.use_location_mask = True  # the UNet's 5th input channel (zeros when off)
+    c.model.cls_fusion = True  # the subject CLS replaces the `sks` token embedding
 
     c.data = data_config(resolution)
 
@@ -41,6 +45,7 @@ def base_config(resolution: int) -> ConfigDict:
     c.train.on_nonfinite = "stop"  # stop | skip
     c.train.full_unet = False  # train every UNet parameter instead of SPEC's subset
     c.train.image_encoder_layers = 0  # also train the image encoder's last N blocks + head
+    c.train.full_image_encoder = False  # train the whole image encoder (a new image domain)
     c.train.vae_scaling_factor = 0.18215
     c.train.bos_id = BOS_ID
     c.train.eos_id = EOS_ID

@@ -23,6 +23,7 @@ from sdjax.input_pipeline.iterator_state import PipelineIterator
 from sdjax.models.init import init_module
 from sdjax.models.subject_diffusion import build_subject_diffusion
 from sdjax.models.tracing import fast_tracing
+from sdjax.models.vae import AutoencoderKL, VAEConfig
 from sdjax.training import trainable
 from sdjax.training.checkpoint import Checkpointer
 from sdjax.training.metrics import MetricsWriter
@@ -30,6 +31,7 @@ from sdjax.training.optimizer import learning_rate_schedule, make_optimizer
 from sdjax.training.samples import TrainingSamples
 from sdjax.training.step import TrainState, init_train_state, make_train_step
 from sdjax.weights.subject_diffusion import load_parts
+from sdjax.weights.vae import load_vae
 
 RUN_CONFIG = "config.json"
 
@@ -75,7 +77,8 @@ def maybe_initialize_distributed(config: ConfigDict) -> None:
 
 def init_model(config: ConfigDict, mesh: jax.sharding.Mesh):
     """The model with sharded parameters: loaded from `config.model.pretrained` (and the image
-    encoder folder), or randomly initialised (drawn on the host, each device keeps its shards)."""
+    encoder folder), or randomly initialised (drawn on the host, each device keeps its shards)
+    but for the VAE of `config.model.vae_path` when one is given."""
     if config.model.pretrained:
         model = load_parts(
             config.model,
@@ -85,11 +88,27 @@ def init_model(config: ConfigDict, mesh: jax.sharding.Mesh):
         state = nnx.state(model)
         nnx.update(model, jax.device_put(state, sharding.state_shardings(state, mesh)))
         return model
-    return init_module(
+    model = init_module(
         lambda rngs: build_subject_diffusion(config.model, rngs),
         config.seed,
         shardings=lambda abstract: sharding.state_shardings(abstract, mesh),
     )
+    if config.model.get("vae_path"):
+        model.vae = load_fitted_vae(config.model.vae_path, model.vae.config, mesh)
+    return model
+
+
+def load_fitted_vae(path: str, expected: VAEConfig, mesh: jax.sharding.Mesh) -> AutoencoderKL:
+    """The VAE of a diffusers folder (e.g. one fitted by `fit_vae.py`) in place of a random one;
+    its sizes must be those of `model.vae`, which the step and exports are built from."""
+    vae = load_vae(path)
+    if dataclasses.replace(vae.config, scaling_factor=expected.scaling_factor) != expected:
+        raise ValueError(
+            f"the VAE in {path} has config {vae.config}, but model.vae describes {expected}"
+        )
+    state = nnx.state(vae)
+    nnx.update(vae, jax.device_put(state, sharding.state_shardings(state, mesh)))
+    return vae
 
 
 def split_trainable(model: nnx.Module, config: ConfigDict):
@@ -98,6 +117,7 @@ def split_trainable(model: nnx.Module, config: ConfigDict):
         full_unet=config.train.full_unet,
         image_encoder_layers=config.train.image_encoder_layers,
         num_image_encoder_layers=config.model.image_encoder.num_hidden_layers,
+        full_image_encoder=config.train.get("full_image_encoder", False),
     )
     return nnx.split(model, trainable.trainable_filter(patterns), ...)
 

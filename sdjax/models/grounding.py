@@ -23,6 +23,7 @@ class GroundingConfig:
     out_dim: int = 1024
     max_subjects: int = 2
     use_bbox: bool = True
+    box_embedding: bool = True  # False: every slot takes the null position feature (ablation)
     dtype: str = "float32"
 
     @property
@@ -70,6 +71,7 @@ class GroundingNet(nnx.Module):
         position = fourier_box_embedding(boxes, cfg.fourier_freqs, cfg.fourier_base)
         position = jnp.broadcast_to(position[:, :, None, :], (b, s, n, cfg.fourier_dim))
         use_box = slot if cfg.use_bbox else jnp.all(valid, axis=1)[:, None, None, None]
+        use_box = use_box & cfg.box_embedding
         position = jnp.where(use_box, position, self.null_position_feature[...])
         x = self.norm(jnp.concatenate([patches, position], axis=-1))
         x = self.linear_2(jax.nn.gelu(self.linear_1(x), approximate=False))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -12,6 +14,20 @@ from sdjax.models.image_encoder import CLIPVisionConfig, CLIPVisionModelWithProj
 from sdjax.models.text_encoder import CLIPTextConfig, CLIPTextModel, CLSProjector
 from sdjax.models.unet import UNet, UNetConfig
 from sdjax.models.vae import AutoencoderKL, VAEConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Conditioning:
+    """Which of the method's conditioning paths the model uses (all, as in SPEC; switching one
+    off is an ablation): the location-mask input channel and the CLS fusion into the prompt."""
+
+    location_mask: bool = True
+    cls_fusion: bool = True
+
+    @classmethod
+    def from_config(cls, config: ConfigDict) -> Conditioning:
+        """From the `model` section (keys absent in older configs mean on)."""
+        return cls(config.get("use_location_mask", True), config.get("cls_fusion", True))
 
 
 class SubjectDiffusion(nnx.Module):
@@ -25,6 +41,7 @@ class SubjectDiffusion(nnx.Module):
         image_encoder: CLIPVisionModelWithProjection,
         grounding: GroundingNet,
         cls_projector: CLSProjector,
+        conditioning: Conditioning = Conditioning(),
     ):
         self.unet = unet
         self.vae = vae
@@ -32,6 +49,12 @@ class SubjectDiffusion(nnx.Module):
         self.image_encoder = image_encoder
         self.grounding = grounding
         self.cls_projector = cls_projector
+        self.conditioning = conditioning
+
+    def location_input(self, mask: jax.Array) -> jax.Array:
+        """The UNet's location channel for a (B, h, w, 1) mask: the mask, or zeros when the
+        location path is off."""
+        return mask if self.conditioning.location_mask else jnp.zeros_like(mask)
 
     def encode_subjects(
         self, pixels: jax.Array, boxes: jax.Array, valid: jax.Array
@@ -52,7 +75,10 @@ class SubjectDiffusion(nnx.Module):
         placeholder_positions: jax.Array | None = None,
         subject_valid: jax.Array | None = None,
     ) -> jax.Array:
-        """The UNet's cross-attention context: fused text encoder `last_hidden_state`."""
+        """The UNet's cross-attention context: fused text encoder `last_hidden_state` (the prompt
+        alone when CLS fusion is off)."""
+        if not self.conditioning.cls_fusion:
+            subject_embeds = placeholder_positions = subject_valid = None
         return self.text_encoder(input_ids, subject_embeds, placeholder_positions, subject_valid)
 
 
@@ -97,4 +123,5 @@ def build_subject_diffusion(config: ConfigDict, rngs: nnx.Rngs) -> SubjectDiffus
         cls_projector=CLSProjector(
             image.projection_dim, text.hidden_size, rngs=rngs, dtype=text.dtype
         ),
+        conditioning=Conditioning.from_config(config),
     )

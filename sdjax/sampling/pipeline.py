@@ -66,7 +66,8 @@ class SamplingInputs(NamedTuple):
     noise: jax.Array  # (B, h, w, C) float32 unit Gaussian
     subject_pixels: jax.Array  # (B, S, s, s, 3) float32, CLIP-normalised
     subject_boxes: jax.Array  # (B, S, 4) float32 layout boxes in the output image
-    subject_valid: jax.Array  # (B, S) bool
+    subject_valid: jax.Array  # (B, S) bool: slots holding a subject (they shape the layout)
+    reference_valid: jax.Array  # (B, S) bool: slots whose reference image is encoded
     prompt_ids: jax.Array  # (B, L) int32 template prompt
     placeholder_positions: jax.Array  # (B, S) int32; 0: the subject's placeholder was cut
     plain_ids: jax.Array  # (B, L) int32 the prompt without subject clauses
@@ -95,7 +96,7 @@ def conditions(model: SubjectDiffusion, inputs: SamplingInputs) -> Conditions:
     """Encodes the subjects and the three prompts of a batch."""
     valid = inputs.subject_valid
     grounding, subject_embeds = model.encode_subjects(
-        inputs.subject_pixels, inputs.subject_boxes, valid
+        inputs.subject_pixels, inputs.subject_boxes, inputs.reference_valid
     )
     net = model.grounding.config
     batch, slots = valid.shape
@@ -106,14 +107,16 @@ def conditions(model: SubjectDiffusion, inputs: SamplingInputs) -> Conditions:
     )
     positions = inputs.placeholder_positions
     fused = model.encode_prompt(
-        inputs.prompt_ids, subject_embeds, positions, valid & (positions > 0)
+        inputs.prompt_ids, subject_embeds, positions, inputs.reference_valid & (positions > 0)
     )
     height, width = inputs.noise.shape[1:3]
     return Conditions(
         subject_context=fused,
         plain_context=model.encode_prompt(inputs.plain_ids),
         negative_context=model.encode_prompt(inputs.negative_ids),
-        location_mask=location_mask(inputs.subject_boxes, valid, height, width),
+        location_mask=model.location_input(
+            location_mask(inputs.subject_boxes, valid, height, width)
+        ),
         grounding=grounding,
         null_grounding=jnp.broadcast_to(null, (batch, *null.shape[1:])),
     )
@@ -228,11 +231,49 @@ class SubjectDiffusionPipeline:
         return to_pil(self.generate(prompt, subjects, **kwargs))
 
     def generate(
+        self, prompt: str, subjects: Sequence[Subject] = (), *, num_images: int = 1, **kwargs
+    ) -> np.ndarray:
+        """Images (num_images, height, width, 3) float32 in [0, 1] of one prompt and subject set;
+        keyword arguments as in `generate_each`."""
+
+        def prepare(negative: str, seed: int, aspect: float, use_references: bool):
+            return self._prepare(
+                prompt, subjects, negative, num_images, seed, aspect, use_references
+            )
+
+        return self._generate(prepare, num_images, **kwargs)
+
+    def generate_each(
+        self, requests: Sequence[tuple[str, Sequence[Subject]]], **kwargs
+    ) -> np.ndarray:
+        """One image per (prompt, subjects) request, batched: (len(requests), H, W, 3) float32 in
+        [0, 1]. Request k draws its random layouts as `generate(seed=seed + k)` would.
+
+        steps, scheduler (one of `sdjax.schedulers.SAMPLERS`), guidance_text (s_T),
+        guidance_image (s_I), adapter_scale (beta): default to the config's `sampling` section.
+        height, width: default to the training resolution. negative_prompt: replaces the empty
+        prompt of the i and u branches (see `sdjax.sampling.guidance`). interpolation: the
+        (start, end) fractions of the schedule that use the subjects; other steps run the base
+        model. latents: optional initial noise (num_images, height/f, width/f, C), f the VAE factor.
+        use_references: False drops the subjects' images (null grounding tokens, no CLS fusion)
+        while their boxes still make the location mask and their clauses stay in the prompt, as
+        training's `drop_subjects`: a control in which identity can come from nowhere.
+        """
+
+        def prepare(negative: str, seed: int, aspect: float, use_references: bool):
+            parts = [
+                self._prepare(prompt, subjects, negative, 1, seed + k, aspect, use_references)
+                for k, (prompt, subjects) in enumerate(requests)
+            ]
+            return tuple(np.concatenate(arrays) for arrays in zip(*parts, strict=True))
+
+        return self._generate(prepare, len(requests), **kwargs)
+
+    def _generate(
         self,
-        prompt: str,
-        subjects: Sequence[Subject] = (),
+        prepare,
+        num_images: int,
         *,
-        num_images: int = 1,
         steps: int | None = None,
         scheduler: str | None = None,
         guidance_text: float | None = None,
@@ -244,17 +285,10 @@ class SubjectDiffusionPipeline:
         adapter_scale: float | None = None,
         interpolation: tuple[float, float] = (0.0, 1.0),
         latents: np.ndarray | None = None,
+        use_references: bool = True,
         progress: bool = False,
     ) -> np.ndarray:
-        """Images (num_images, height, width, 3) float32 in [0, 1].
-
-        steps, scheduler (one of `sdjax.schedulers.SAMPLERS`), guidance_text (s_T),
-        guidance_image (s_I), adapter_scale (beta): default to the config's `sampling` section.
-        height, width: default to the training resolution. negative_prompt: replaces the empty
-        prompt of the i and u branches (see `sdjax.sampling.guidance`). interpolation: the
-        (start, end) fractions of the schedule that use the subjects; other steps run the base
-        model. latents: optional initial noise (num_images, height/f, width/f, C), f the VAE factor.
-        """
+        """Checks the call, prepares its per-image arrays with `prepare` and samples them."""
         defaults = self.config.sampling
         steps = defaults.steps if steps is None else steps
         scheduler = scheduler or defaults.sampler
@@ -273,9 +307,7 @@ class SubjectDiffusionPipeline:
             raise SamplingInputError(
                 f"latents have shape {np.shape(latents)}, expected {(num_images, *latent_shape)}"
             )
-        per_image = self._prepare(
-            prompt, subjects, negative_prompt, num_images, seed, width / height
-        )
+        per_image = prepare(negative_prompt, seed, width / height, use_references)
 
         static = dict(
             sampler_name=scheduler,
@@ -353,6 +385,7 @@ class SubjectDiffusionPipeline:
         num_images: int,
         seed: int,
         pixel_aspect: float,
+        use_references: bool,
     ) -> tuple[np.ndarray, ...]:
         """Host arrays of every `SamplingInputs` field but the noise, num_images first."""
         subjects = list(subjects)
@@ -398,6 +431,7 @@ class SubjectDiffusionPipeline:
             repeat(pixels),
             boxes,
             repeat(valid),
+            repeat(valid & use_references),
             repeat(template.ids),
             repeat(positions),
             repeat(plain.ids),

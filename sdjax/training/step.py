@@ -90,7 +90,7 @@ def subject_diffusion_loss(
     noise = jax.random.normal(k_noise, latents.shape, latents.dtype)
     timesteps = schedulers.sample_timesteps(schedule, k_time, b)
     noisy = schedulers.add_noise(schedule, latents, noise, timesteps)
-    unet_input = jnp.concatenate([noisy, location.astype(noisy.dtype)], axis=-1)
+    unet_input = jnp.concatenate([noisy, model.location_input(location).astype(noisy.dtype)], -1)
     positions = jnp.concatenate([batch["placeholder_positions"], batch["entity_positions"]], axis=1)
     prediction, maps = model.unet(
         unet_input, timesteps, context, grounding_tokens, attention_positions=positions

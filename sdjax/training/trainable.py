@@ -20,6 +20,7 @@ SUBJECT_DIFFUSION_TRAINABLE = (
     r"^text_encoder/",
 )
 FULL_UNET = (r"^unet/",)
+FULL_IMAGE_ENCODER = (r"^image_encoder/",)
 # Parts whose layers cast their kernels and tables to the model's compute dtype before use (the
 # VAE computes in float32 whatever the compute dtype).
 COMPUTE_DTYPE_PARTS = ("unet", "text_encoder", "image_encoder")
@@ -31,11 +32,17 @@ IMAGE_ENCODER_TAIL = (
 
 
 def trainable_patterns(
-    full_unet: bool = False, image_encoder_layers: int = 0, num_image_encoder_layers: int = 0
+    full_unet: bool = False,
+    image_encoder_layers: int = 0,
+    num_image_encoder_layers: int = 0,
+    full_image_encoder: bool = False,
 ) -> tuple[str, ...]:
-    """The reference trainable set, optionally with the whole UNet and the image encoder's tail."""
+    """The reference trainable set, optionally with the whole UNet and the image encoder's tail
+    (or the whole image encoder, for a world no pretrained encoder has seen)."""
     patterns = SUBJECT_DIFFUSION_TRAINABLE + (FULL_UNET if full_unet else ())
-    if image_encoder_layers:
+    if full_image_encoder:
+        patterns += FULL_IMAGE_ENCODER
+    elif image_encoder_layers:
         first = num_image_encoder_layers - image_encoder_layers
         last = "|".join(str(i) for i in range(first, num_image_encoder_layers))
         patterns += tuple(p.format(last=last) for p in IMAGE_ENCODER_TAIL)

@@ -13,7 +13,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from sdjax.models.grounding import GroundingNet
-from sdjax.models.subject_diffusion import SubjectDiffusion, part_configs
+from sdjax.models.subject_diffusion import Conditioning, SubjectDiffusion, part_configs
 from sdjax.models.text_encoder import CLSProjector
 from sdjax.weights.clip import load_image_encoder, load_text_encoder
 from sdjax.weights.core import load_module
@@ -90,7 +90,8 @@ def load_parts(
     fresh = (lambda key: False) if subject_modules else (lambda key: True)
     grounding = load_module(build_grounding, _strip(tensors, "grounding."), fresh=fresh)
     projector = load_module(build_projector, _strip(tensors, "cls_projector."), fresh=fresh)
-    return SubjectDiffusion(unet, vae, text_encoder, vision, grounding, projector)
+    conditioning = Conditioning.from_config(model_config)
+    return SubjectDiffusion(unet, vae, text_encoder, vision, grounding, projector, conditioning)
 
 
 def _strip(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
