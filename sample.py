@@ -1,10 +1,12 @@
 """Generate images of subjects with an exported Subject-Diffusion model.
 
-    python sample.py --prompt "a cat on the beach"                      # no subjects
-    python sample.py --checkpoint runs/tiny/export --prompt "a cat on the beach" \\
-        --subject cat.png --box 0.1,0.2,0.5,0.9 --mask cat_mask.png --label cat \\
-        --subject dog.png --box 0.55,0.3,0.95,0.9 \\
+    python sample.py --prompt "a star on the grass"                     # no subjects
+    python sample.py --prompt "a star and a heart on the grass" \\
+        --subject data/references/star.png --box 0.1,0.2,0.5,0.9 \\
+        --subject data/references/heart.png --box 0.55,0.3,0.95,0.9 \\
         --num_images 4 --seed 0 --out samples/
+    python sample.py --checkpoint runs/tiny/export --prompt "a cat on the beach" \\
+        --subject cat.png --mask cat_mask.png --label cat
 
 `--box`, `--crop`, `--mask` and `--label` describe the `--subject` given before them. Writes
 `image_000.png`, ... and `grid.png` into `--out`. Bad input is reported in one line (exit 1);
@@ -26,7 +28,7 @@ from sdjax.sampling.subjects import read_subject
 from sdjax.schedulers import SAMPLERS
 from sdjax.weights.core import WeightLoadError
 
-DEFAULT_CHECKPOINT = "runs/tiny/export"
+DEFAULT_CHECKPOINT = "runs/toy_world/export"
 SUBJECT_KEY = "subjects"
 
 

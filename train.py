@@ -1,11 +1,15 @@
 """Train Subject-Diffusion.
 
-    python train.py                                    # tiny config on the bundled sample set
+    python train.py                                    # the toy-subjects world, end to end
+    python train.py --config=configs/tiny.py           # tiny model on the bundled photos
     python train.py --config=configs/sd2_base.py --workdir=runs/sd2
         --config.model.pretrained=PATH --config.model.image_encoder_path=PATH   (one line)
 
-Re-running the same command resumes from the last checkpoint. Any config value can be overridden
-with --config.SECTION.NAME=VALUE.
+A config with a `world` section (configs/toy_world.py, the default) runs three cached stages in
+the work directory: generate the world's records (world/), fit its VAE (vae/), then train
+Subject-Diffusion with that VAE frozen. Each stage is reused when its settings match and its files
+are intact, and rebuilt otherwise. Re-running the same command resumes from the last checkpoint.
+Any config value can be overridden with --config.SECTION.NAME=VALUE.
 """
 
 from __future__ import annotations
@@ -13,20 +17,37 @@ from __future__ import annotations
 from pathlib import Path
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+from ml_collections import ConfigDict, config_flags
 
 from data.build_sample import build_sample_records
+from data.toy_world import generate_world
 from sdjax import export, trainer
 from sdjax.compilation import add_xla_flags
+from sdjax.training.vae_fit import fit_vae
 
 REPO = Path(__file__).resolve().parent
 
 config_flags.DEFINE_config_file(
     "config",
-    str(REPO / "configs" / "tiny.py"),
+    str(REPO / "configs" / "toy_world.py"),
     "Config file (a get_config() returning a ConfigDict).",
 )
 flags.DEFINE_string("workdir", None, "Run directory (default: the config's workdir).")
+
+
+def prepare_toy_world(config: ConfigDict, workdir: Path) -> None:
+    """The world's records and its fitted VAE (cached stages under `config.stages_dir`, else the
+    work directory), wired into the data and model sections of `config`."""
+    stages = Path(config.stages_dir or workdir)
+    world = generate_world(config.world, stages)
+    config.data.file_pattern = ",".join(world.record_files)
+    config.vae_fit.file_pattern = config.data.file_pattern
+    fitted = fit_vae(config, stages / "vae")
+    if not fitted.complete:
+        raise SystemExit("the VAE fit was interrupted; run again to resume")
+    print(f"VAE: held-out reconstruction error {fitted.final_mae:.4f} ({fitted.export_dir})")
+    config.model.vae_path = str(fitted.export_dir)
+    config.train.vae_scaling_factor = fitted.scaling_factor
 
 
 def main(argv: list[str]) -> None:
@@ -36,7 +57,9 @@ def main(argv: list[str]) -> None:
     add_xla_flags()  # read when JAX starts its backend, below
     config = flags.FLAGS.config
     workdir = Path(flags.FLAGS.workdir or config.workdir)
-    if not config.data.file_pattern:
+    if "world" in config:
+        prepare_toy_world(config, workdir)
+    elif not config.data.file_pattern:
         files = build_sample_records(workdir / "data")
         config.data.file_pattern = ",".join(files)
     result = trainer.train(config, workdir)

@@ -57,7 +57,7 @@ def test_help():
     assert result.returncode == 0
     for flag in ("--checkpoint", "--subject", "--box", "--mask", "--label", "--num_images"):
         assert flag in result.stdout
-    assert "runs/tiny/export" in result.stdout
+    assert "runs/toy_world/export" in result.stdout
 
 
 def test_writes_images_and_grid(export_dir, files, tmp_path, capsys):

@@ -1,0 +1,116 @@
+"""The default run end to end through the real CLIs, at micro sizes: the world's records → a VAE
+fitted on them → Subject-Diffusion steps with that VAE frozen → export → `sample.py` with a
+reference drawn outside the renderer; then the learning benchmark's sampling and scoring."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdjax.sampling import SubjectDiffusionPipeline
+from sdjax.toy_world.benchmark import sample_scenes
+from sdjax.toy_world.world import read_eval_file
+from sdjax.weights import load_vae
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 3
+MICRO = [
+    "--config.world.num_images=24",
+    "--config.world.num_shards=2",
+    "--config.world.num_eval=2",
+    "--config.vae_fit.num_steps=4",
+    "--config.vae_fit.batch_size=4",
+    "--config.vae_fit.eval_images=4",
+    "--config.vae_fit.checkpoint_every=4",
+    f"--config.train.num_steps={STEPS}",
+    f"--config.train.checkpoint_every={STEPS}",
+    "--config.train.sample_every=0",
+    "--config.data.batch_size=8",
+    "--config.data.shuffle_buffer=8",
+]
+
+
+def train(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "train.py", f"--workdir={workdir}", *MICRO, *extra]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    workdir = tmp_path_factory.mktemp("toy") / "run"
+    done = train(workdir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return workdir, done
+
+
+def test_every_stage_leaves_its_output(run):
+    workdir, done = run
+    assert len(list((workdir / "world" / "records").rglob("sdd-train.tfrecord-*"))) == 2
+    assert (workdir / "world" / "eval.json").is_file()
+    vae = load_vae(workdir / "vae" / "export")
+    assert vae.downsample_factor == 4
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["model"]["vae_path"] == str(workdir / "vae" / "export")
+    fitted = json.loads((workdir / "vae" / "export" / "config.json").read_text())
+    assert config["train"]["vae_scaling_factor"] == pytest.approx(fitted["scaling_factor"])
+    steps = [
+        json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps[-1] == STEPS
+    assert "exported for sampling" in done.stdout
+
+
+def test_the_export_holds_the_fitted_vae_unchanged(run):
+    workdir, _ = run
+    latents = np.random.default_rng(0).normal(size=(1, 16, 16, 8)).astype(np.float32)
+    fitted = load_vae(workdir / "vae" / "export").decode(latents)
+    exported = load_vae(workdir / "export").decode(latents)
+    np.testing.assert_array_equal(np.asarray(exported), np.asarray(fitted))
+
+
+def test_a_second_run_reuses_every_stage(run):
+    workdir, _ = run
+    world = (workdir / "world" / "STAGE.json").stat().st_mtime_ns
+    vae = (workdir / "vae" / "STAGE.json").stat().st_mtime_ns
+    done = train(workdir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (workdir / "world" / "STAGE.json").stat().st_mtime_ns == world
+    assert (workdir / "vae" / "STAGE.json").stat().st_mtime_ns == vae
+
+
+def test_sample_cli_draws_a_painted_reference(run, tmp_path):
+    workdir, _ = run
+    command = [
+        sys.executable,
+        "sample.py",
+        f"--checkpoint={workdir / 'export'}",
+        "--prompt=a star on the grass",
+        "--subject=data/references/star.png",
+        "--box=0.1,0.2,0.6,0.8",
+        "--steps=2",
+        "--num_images=2",
+        f"--out={tmp_path}",
+    ]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert Image.open(tmp_path / "image_000.png").size == (64, 64)
+    assert (tmp_path / "grid.png").is_file()
+
+
+def test_benchmark_samples_and_scores_held_out_scenes(run):
+    workdir, _ = run
+    eval_set = read_eval_file(workdir / "world" / "eval.json")
+    pipeline = SubjectDiffusionPipeline.from_pretrained(workdir / "export")
+    scenes = eval_set.scenes[2]
+    sampled = sample_scenes(pipeline, scenes, eval_set.image_size, steps=2)
+    assert sampled.images.shape == (len(scenes), 64, 64, 3)
+    assert [len(r.subjects) for r in sampled.results] == [2] * len(scenes)
+    summary = sampled.summary()
+    assert set(summary) >= {"location", "identity", "class", "scene"}
+    assert all(0.0 <= v <= 1.0 for v in summary.values())
