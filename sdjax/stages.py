@@ -54,16 +54,23 @@ class Stage:
         return self.problem(settings) is None
 
     def mark_complete(self, files: Iterable[str | Path], settings: dict[str, Any]) -> None:
-        """Records `files` (paths inside the stage folder) and the settings they were made with."""
-        digests = {}
-        for file in files:
-            path = Path(file)
-            path = path if path.is_absolute() else self.directory / path
-            digests[str(path.relative_to(self.directory))] = file_digest(path)
+        """Records `files` (paths into the stage folder, or names inside it) and the settings they
+        were made with."""
+        digests = {
+            self._name(file): file_digest(self.directory / self._name(file)) for file in files
+        }
         record = {"settings": _jsonable(settings), "files": dict(sorted(digests.items()))}
         tmp = self.marker.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=2))
         tmp.replace(self.marker)
+
+    def _name(self, file: str | Path) -> str:
+        """The stage-relative name of `file`: a path into the stage folder (absolute, or relative
+        to the working directory), or a name inside it."""
+        path, home = Path(file), self.directory.resolve()
+        if not path.resolve().is_relative_to(home):
+            path = self.directory / path
+        return str(path.resolve().relative_to(home))
 
     def reset(self) -> None:
         """Removes the stage folder and everything in it."""
