@@ -128,13 +128,8 @@ def write_docs(markdown: str, command: str, wall_seconds: float) -> None:
         f"{BEGIN}\n`{command}` ({date}, wall time {wall_seconds / 60:.0f} min, 2 CPU cores)\n\n"
         f"{markdown}\n{END}"
     )
-    text = DOCS.read_text()
-    if BEGIN in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text += f"\n### Toy-subjects world: learning and ablations\n\n{section}\n"
-    DOCS.write_text(text)
+    head, rest = DOCS.read_text().split(BEGIN, 1)
+    DOCS.write_text(head + section + rest.split(END, 1)[1])
 
 
 def main() -> None:
