@@ -1,6 +1,12 @@
 """Fit an `AutoencoderKL` on the images of sdjax training records, then export it for diffusion.
 
-    result = fit_vae(config, workdir)  # config.vae_fit (see below) and config.model.vae
+    result = fit_vae(config, workdir)  # config.vae_fit and config.model.vae (VAEConfig fields)
+
+`vae_fit` keys: file_pattern (comma-separated TFRecord globs), resolution, batch_size,
+num_steps, learning_rate, warmup (linear warm-up steps, then cosine decay to 0 at num_steps),
+kl_weight, init_logvar (the posterior's initial log-variance), log_every, checkpoint_every, seed,
+eval_images (held-out images scored, and training images for the scaling factor),
+holdout_every, shuffle_buffer (decoded images).
 
 Loss: mean absolute error of the pixels in [-1, 1] of the decoded posterior sample, plus
 `kl_weight` times the KL divergence of the diagonal Gaussian posterior to N(0, I), both averaged
@@ -8,7 +14,9 @@ per element. Absolute error rather than squared: without a perceptual or adversa
 squared error's pull towards the mean blurs edges and textures, while the absolute error's pull
 towards the median keeps them (and it is the held-out figure reported). The KL term only keeps
 the latents bounded and smooth; the exported `scaling_factor` (1 / std of sampled latents of
-training images) brings them to unit variance for diffusion.
+training images) brings them to unit variance for diffusion. The posterior starts narrow
+(`init_logvar`): at the default initialisation its noise is as large as the latents' signal,
+which slows the start of a short fit.
 
 Records: every `holdout_every`-th record of the sorted files is held out. Training images are
 centre-cropped to a square, resized (bilinear, antialiased) to `resolution`, flipped horizontally
@@ -79,10 +87,16 @@ class FitState:
     params: nnx.State
     opt_state: optax.OptState
 
+    @classmethod
+    def start(cls, params: nnx.State, optimizer: optax.GradientTransformation) -> FitState:
+        """Step 0 of a fit from `params`."""
+        return cls(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
 
 @dataclasses.dataclass(frozen=True)
 class FitResult:
-    """A fit's outcome; MAEs are mean absolute pixel errors in [-1, 1] on the held-out images."""
+    """A fit's outcome. MAEs: mean absolute error of pixels in [-1, 1] (half the error in [0, 1]
+    units) of the held-out images decoded from their posterior means."""
 
     step: int  # steps trained
     start_step: int  # where this call began: 0 fresh, a checkpoint's step when resumed
@@ -251,20 +265,27 @@ def learning_rate_schedule(cfg: ConfigDict) -> optax.Schedule:
     )
 
 
-def make_optimizer(cfg: ConfigDict) -> optax.GradientTransformation:
-    """AdamW on `learning_rate_schedule`, after global-norm clipping."""
+def make_optimizer() -> optax.GradientTransformation:
+    """AdamW's update before its learning rate (global-norm clipping, Adam, decoupled weight
+    decay); the step applies the rate, an argument, so its program does not depend on the
+    schedule."""
     return optax.chain(
         optax.clip_by_global_norm(GRAD_CLIP_NORM),
-        optax.adamw(learning_rate_schedule(cfg), weight_decay=WEIGHT_DECAY),
+        optax.scale_by_adam(),
+        optax.add_decayed_weights(WEIGHT_DECAY),
     )
+
+
+FitStep = Callable[[FitState, jax.Array, float], tuple[FitState, dict[str, jax.Array]]]
 
 
 def make_fit_step(
     graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, cfg: ConfigDict
-) -> Callable[[FitState, jax.Array], tuple[FitState, dict[str, jax.Array]]]:
-    """The jitted step (the state is donated); the sample's key is (seed, step)."""
+) -> FitStep:
+    """The jitted step (state, images, learning rate) (the state is donated); the posterior
+    sample's key is (seed, step)."""
 
-    def step(state: FitState, images: jax.Array) -> tuple[FitState, dict[str, jax.Array]]:
+    def step(state: FitState, images: jax.Array, learning_rate: float):
         key = jax.random.fold_in(jax.random.key(cfg.seed), state.step)
 
         def loss_fn(params: nnx.State):
@@ -272,7 +293,7 @@ def make_fit_step(
 
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params = jax.tree.map(lambda p, u: p - learning_rate * u, state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **parts}
         return FitState(state.step + 1, params, opt_state), metrics
 
@@ -425,8 +446,8 @@ def _fit(config: ConfigDict, workdir: Path) -> FitResult:
     inspect = make_inspect(graphdef, cfg.seed)
     initial_mae, _ = held_out_mae(inspect, params, held_out, cfg.batch_size)
 
-    optimizer = make_optimizer(cfg)
-    state = FitState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+    optimizer = make_optimizer()
+    state = FitState.start(params, optimizer)
     checkpoints, state, batches, start = resume(
         workdir, cfg, state, lambda: ImageBatches(training_dataset(files, cfg))
     )
@@ -469,7 +490,7 @@ def _write_report(
 
 
 def _train(
-    step_fn: Callable,
+    step_fn: FitStep,
     state: FitState,
     batches: ImageBatches,
     checkpoints: Checkpointer,
@@ -480,16 +501,19 @@ def _train(
     """The loop from `start` to `num_steps`; a SIGTERM/SIGINT saves and stops it early."""
     step = start
     last_time, last_step = time.perf_counter(), start
+    schedule = learning_rate_schedule(cfg)
     with Preemption() as preemption, tqdm(total=cfg.num_steps, initial=start, desc="vae") as bar:
         while step < cfg.num_steps and not preemption.requested:
-            state, metrics = step_fn(state, next(batches))
+            state, metrics = step_fn(state, next(batches), float(schedule(step)))
+            # One step at a time: steps queued ahead would delay a SIGTERM's save by their time.
+            jax.block_until_ready(metrics)
             step += 1
             bar.update()
             if step % cfg.log_every == 0 or step == cfg.num_steps:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 now = time.perf_counter()
                 values["step_time"] = (now - last_time) / (step - last_step)
-                values["lr"] = float(learning_rate_schedule(cfg)(step))
+                values["lr"] = float(schedule(step - 1))
                 last_time, last_step = now, step
                 writer.write_scalars(step, values)
                 bar.set_postfix(loss=f"{values['loss']:.4f}")
