@@ -85,9 +85,7 @@ def init_model(config: ConfigDict, mesh: jax.sharding.Mesh):
             base=config.model.pretrained,
             image_encoder=config.model.image_encoder_path,
         )
-        state = nnx.state(model)
-        nnx.update(model, jax.device_put(state, sharding.state_shardings(state, mesh)))
-        return model
+        return place_on_mesh(model, mesh)
     model = init_module(
         lambda rngs: build_subject_diffusion(config.model, rngs),
         config.seed,
@@ -106,9 +104,14 @@ def load_fitted_vae(path: str, expected: VAEConfig, mesh: jax.sharding.Mesh) -> 
         raise ValueError(
             f"the VAE in {path} has config {vae.config}, but model.vae describes {expected}"
         )
-    state = nnx.state(vae)
-    nnx.update(vae, jax.device_put(state, sharding.state_shardings(state, mesh)))
-    return vae
+    return place_on_mesh(vae, mesh)
+
+
+def place_on_mesh(module: nnx.Module, mesh: jax.sharding.Mesh) -> nnx.Module:
+    """`module` with its state moved to the shardings of the logical-axis rules on `mesh`."""
+    state = nnx.state(module)
+    nnx.update(module, jax.device_put(state, sharding.state_shardings(state, mesh)))
+    return module
 
 
 def split_trainable(model: nnx.Module, config: ConfigDict):
