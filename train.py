@@ -5,9 +5,9 @@
     python train.py --config=configs/sd2_base.py --workdir=runs/sd2
         --config.model.pretrained=PATH --config.model.image_encoder_path=PATH   (one line)
 
-A config with a `world` section (configs/toy_world.py, the default) runs three cached stages in
-the work directory: generate the world's records (world/), fit its VAE (vae/), then train
-Subject-Diffusion with that VAE frozen. Each stage is reused when its settings match and its files
+A config with a `world` section (configs/toy_world.py, the default) runs four cached stages in
+the work directory: generate the world's records (world/), fit its VAE (vae/), pre-fit the image
+encoder on the world's subjects (image_encoder/), then train Subject-Diffusion with both frozen. Each stage is reused when its settings match and its files
 are intact, and rebuilt otherwise. Re-running the same command resumes from the last checkpoint.
 Any config value can be overridden with --config.SECTION.NAME=VALUE.
 """
@@ -23,6 +23,8 @@ from data.build_sample import build_sample_records
 from data.toy_world import generate_world
 from sdjax import export, trainer
 from sdjax.compilation import add_xla_flags
+from sdjax.toy_world.references import WorldReferences
+from sdjax.training.encoder_fit import fit_image_encoder
 from sdjax.training.vae_fit import fit_vae
 
 REPO = Path(__file__).resolve().parent
@@ -36,8 +38,8 @@ flags.DEFINE_string("workdir", None, "Run directory (default: the config's workd
 
 
 def prepare_toy_world(config: ConfigDict, workdir: Path) -> None:
-    """The world's records and its fitted VAE (cached stages under `config.stages_dir`, else the
-    work directory), wired into the data and model sections of `config`."""
+    """The world's records, its fitted VAE and pre-fitted image encoder (cached stages under
+    `config.stages_dir`, else the work directory), wired into the sections of `config`."""
     stages = Path(config.stages_dir or workdir)
     world = generate_world(config.world, stages)
     config.data.file_pattern = ",".join(world.record_files)
@@ -48,6 +50,9 @@ def prepare_toy_world(config: ConfigDict, workdir: Path) -> None:
     print(f"VAE: held-out reconstruction error {fitted.final_mae:.4f} ({fitted.export_dir})")
     config.model.vae_path = str(fitted.export_dir)
     config.train.vae_scaling_factor = fitted.scaling_factor
+    encoder = fit_image_encoder(config, stages / "image_encoder", WorldReferences(config))
+    print(f"image encoder: held-out accuracy {encoder.accuracy} ({encoder.export_dir})")
+    config.model.image_encoder_path = str(encoder.export_dir)
 
 
 def main(argv: list[str]) -> None:

@@ -26,6 +26,7 @@ from ml_collections import ConfigDict
 from safetensors.numpy import save_file
 
 from sdjax import sharding, trainer
+from sdjax.models.image_encoder import CLIPVisionModelWithProjection
 from sdjax.models.subject_diffusion import SubjectDiffusion
 from sdjax.models.unet import UNetConfig
 from sdjax.models.vae import DOWN_BLOCK, UP_BLOCK, VAEConfig
@@ -43,6 +44,7 @@ from sdjax.weights.vae import RENAMES as VAE_RENAMES
 
 SDJAX_UNET_KEYS = ("grounding_dim", "use_adapter", "attention_map_factors")
 NOT_SAVED = ("dtype", "remat", "attention_block")
+IMAGE_ENCODER_WEIGHTS = "model.safetensors"
 
 
 def unet_config_json(config: UNetConfig, with_sdjax_keys: bool) -> dict:
@@ -90,6 +92,19 @@ def _cast(tensors: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
     return {k: np.asarray(jnp.asarray(v).astype(dtype)) for k, v in tensors.items()}
 
 
+def write_image_encoder(
+    encoder: CLIPVisionModelWithProjection, folder: Path, dtype: str = "float32"
+) -> list[Path]:
+    """Writes `encoder` as a transformers `CLIPVisionModelWithProjection` folder; its two files."""
+    _write(
+        folder,
+        clip_config_json(encoder.config, "CLIPVisionModelWithProjection", "clip_vision_model"),
+        _cast(export_state(encoder, VISION_RENAMES), dtype),
+        IMAGE_ENCODER_WEIGHTS,
+    )
+    return [folder / "config.json", folder / IMAGE_ENCODER_WEIGHTS]
+
+
 def export_model(
     model: SubjectDiffusion,
     config: ConfigDict,
@@ -129,14 +144,7 @@ def export_model(
         _cast(export_state(model.text_encoder), dtype),
         "model.safetensors",
     )
-    _write(
-        out / "image_encoder",
-        clip_config_json(
-            model.image_encoder.config, "CLIPVisionModelWithProjection", "clip_vision_model"
-        ),
-        _cast(export_state(model.image_encoder, VISION_RENAMES), dtype),
-        "model.safetensors",
-    )
+    write_image_encoder(model.image_encoder, out / "image_encoder", dtype)
     subject = {}
     for name in SUBJECT_MODULES:
         for key, value in export_state(getattr(model, name)).items():

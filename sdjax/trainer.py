@@ -20,6 +20,7 @@ from tqdm import tqdm
 from sdjax import compilation, schedulers, sharding
 from sdjax.input_pipeline import pipeline
 from sdjax.input_pipeline.iterator_state import PipelineIterator
+from sdjax.models.image_encoder import CLIPVisionConfig, CLIPVisionModelWithProjection
 from sdjax.models.init import init_module
 from sdjax.models.subject_diffusion import build_subject_diffusion
 from sdjax.models.tracing import fast_tracing
@@ -30,6 +31,7 @@ from sdjax.training.metrics import MetricsWriter
 from sdjax.training.optimizer import learning_rate_schedule, make_optimizer
 from sdjax.training.samples import TrainingSamples
 from sdjax.training.step import TrainState, init_train_state, make_train_step
+from sdjax.weights.clip import load_image_encoder
 from sdjax.weights.subject_diffusion import load_parts
 from sdjax.weights.vae import load_vae
 
@@ -78,7 +80,8 @@ def maybe_initialize_distributed(config: ConfigDict) -> None:
 def init_model(config: ConfigDict, mesh: jax.sharding.Mesh):
     """The model with sharded parameters: loaded from `config.model.pretrained` (and the image
     encoder folder), or randomly initialised (drawn on the host, each device keeps its shards)
-    but for the VAE of `config.model.vae_path` when one is given."""
+    but for the VAE of `config.model.vae_path` and the image encoder of
+    `config.model.image_encoder_path` when they are given."""
     if config.model.pretrained:
         model = load_parts(
             config.model,
@@ -93,7 +96,18 @@ def init_model(config: ConfigDict, mesh: jax.sharding.Mesh):
     )
     if config.model.get("vae_path"):
         model.vae = load_fitted_vae(config.model.vae_path, model.vae.config, mesh)
+    if config.model.image_encoder_path:
+        model.image_encoder = load_fitted_image_encoder(
+            config.model.image_encoder_path, model.image_encoder.config, mesh
+        )
     return model
+
+
+def _mismatch(part: str, path: str, found, expected) -> ValueError:
+    section = {"VAE": "model.vae", "image encoder": "model.image_encoder"}[part]
+    return ValueError(
+        f"the {part} in {path} has config {found}, but {section} describes {expected}"
+    )
 
 
 def load_fitted_vae(path: str, expected: VAEConfig, mesh: jax.sharding.Mesh) -> AutoencoderKL:
@@ -101,10 +115,19 @@ def load_fitted_vae(path: str, expected: VAEConfig, mesh: jax.sharding.Mesh) -> 
     its sizes must be those of `model.vae`, which the step and exports are built from."""
     vae = load_vae(path)
     if dataclasses.replace(vae.config, scaling_factor=expected.scaling_factor) != expected:
-        raise ValueError(
-            f"the VAE in {path} has config {vae.config}, but model.vae describes {expected}"
-        )
+        raise _mismatch("VAE", path, vae.config, expected)
     return place_on_mesh(vae, mesh)
+
+
+def load_fitted_image_encoder(
+    path: str, expected: CLIPVisionConfig, mesh: jax.sharding.Mesh
+) -> CLIPVisionModelWithProjection:
+    """The image encoder of a transformers folder (e.g. one pre-fitted on the toy world) in place
+    of a random one; its sizes must be those of `model.image_encoder`."""
+    encoder = load_image_encoder(path, dtype=expected.dtype, remat=expected.remat)
+    if encoder.config != expected:
+        raise _mismatch("image encoder", path, encoder.config, expected)
+    return place_on_mesh(encoder, mesh)
 
 
 def place_on_mesh(module: nnx.Module, mesh: jax.sharding.Mesh) -> nnx.Module:

@@ -1,5 +1,6 @@
 """The default run end to end through the real CLIs, at micro sizes: the world's records → a VAE
-fitted on them → Subject-Diffusion steps with that VAE frozen → export → `sample.py` with a
+fitted on them → an image encoder pre-fitted on their subjects → Subject-Diffusion steps with both
+frozen → export → `sample.py` with a
 reference drawn outside the renderer; then the learning benchmark's sampling and scoring."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sdjax.sampling import SubjectDiffusionPipeline
 from sdjax.toy_world.benchmark import sample_scenes
 from sdjax.toy_world.world import read_eval_file
 from sdjax.weights import load_vae
+from sdjax.weights.clip import load_image_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 3
@@ -28,6 +30,12 @@ MICRO = [
     "--config.vae_fit.batch_size=4",
     "--config.vae_fit.eval_images=4",
     "--config.vae_fit.checkpoint_every=4",
+    "--config.encoder_fit.num_steps=3",
+    "--config.encoder_fit.batch_size=8",
+    "--config.encoder_fit.pool_scenes=4",
+    "--config.encoder_fit.pool_drawings=4",
+    "--config.encoder_fit.eval_scenes=2",
+    "--config.encoder_fit.eval_drawings=2",
     f"--config.train.num_steps={STEPS}",
     f"--config.train.checkpoint_every={STEPS}",
     "--config.train.sample_every=0",
@@ -59,6 +67,7 @@ def test_every_stage_leaves_its_output(run):
     assert config["model"]["vae_path"] == str(workdir / "vae" / "export")
     fitted = json.loads((workdir / "vae" / "export" / "config.json").read_text())
     assert config["train"]["vae_scaling_factor"] == pytest.approx(fitted["scaling_factor"])
+    assert config["model"]["image_encoder_path"] == str(workdir / "image_encoder" / "export")
     steps = [
         json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()
     ]
@@ -74,14 +83,22 @@ def test_the_export_holds_the_fitted_vae_unchanged(run):
     np.testing.assert_array_equal(np.asarray(exported), np.asarray(fitted))
 
 
+def test_the_export_holds_the_pre_fitted_image_encoder_unchanged(run):
+    workdir, _ = run
+    pixels = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    fitted = load_image_encoder(workdir / "image_encoder" / "export")(pixels)
+    exported = load_image_encoder(workdir / "export")(pixels)
+    for a, b in zip(exported, fitted, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_a_second_run_reuses_every_stage(run):
     workdir, _ = run
-    world = (workdir / "world" / "STAGE.json").stat().st_mtime_ns
-    vae = (workdir / "vae" / "STAGE.json").stat().st_mtime_ns
+    stages = ("world", "vae", "image_encoder")
+    marks = {s: (workdir / s / "STAGE.json").stat().st_mtime_ns for s in stages}
     done = train(workdir)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (workdir / "world" / "STAGE.json").stat().st_mtime_ns == world
-    assert (workdir / "vae" / "STAGE.json").stat().st_mtime_ns == vae
+    assert {s: (workdir / s / "STAGE.json").stat().st_mtime_ns for s in stages} == marks
 
 
 def test_sample_cli_draws_a_painted_reference(run, tmp_path):

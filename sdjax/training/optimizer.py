@@ -31,6 +31,15 @@ def learning_rate_schedule(config: ConfigDict) -> optax.Schedule:
     )
 
 
+def warmup_cosine_schedule(learning_rate: float, warmup: int, num_steps: int) -> optax.Schedule:
+    """Linear warm-up over `warmup` steps, then cosine decay to zero at `num_steps` (the schedule
+    of the short pre-fits: the VAE and the image encoder)."""
+    warmup = max(warmup, 1)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, learning_rate, warmup, max(num_steps, warmup + 1)
+    )
+
+
 class AdamWState(NamedTuple):
     count: jax.Array  # updates applied so far (skipped steps do not count)
     mu: Any  # first moments, a tree like the parameters

@@ -61,6 +61,7 @@ from sdjax.stages import Stage
 from sdjax.trainer import Preemption
 from sdjax.training.checkpoint import Checkpointer
 from sdjax.training.metrics import MetricsWriter
+from sdjax.training.optimizer import warmup_cosine_schedule
 from sdjax.weights.core import export_state
 from sdjax.weights.vae import RENAMES
 
@@ -255,14 +256,6 @@ def narrow_posterior(vae: AutoencoderKL, logvar: float) -> None:
     channels = vae.config.latent_channels
     last.kernel.set_value(last.kernel.get_value().at[..., channels:].set(0.0))
     last.bias.set_value(last.bias.get_value().at[channels:].set(logvar))
-
-
-def learning_rate_schedule(cfg: ConfigDict) -> optax.Schedule:
-    """Linear warm-up over `warmup` steps, then cosine decay to zero at `num_steps`."""
-    warmup = max(cfg.warmup, 1)
-    return optax.warmup_cosine_decay_schedule(
-        0.0, cfg.learning_rate, warmup, max(cfg.num_steps, warmup + 1)
-    )
 
 
 def make_optimizer() -> optax.GradientTransformation:
@@ -501,7 +494,7 @@ def _train(
     """The loop from `start` to `num_steps`; a SIGTERM/SIGINT saves and stops it early."""
     step = start
     last_time, last_step = time.perf_counter(), start
-    schedule = learning_rate_schedule(cfg)
+    schedule = warmup_cosine_schedule(cfg.learning_rate, cfg.warmup, cfg.num_steps)
     with Preemption() as preemption, tqdm(total=cfg.num_steps, initial=start, desc="vae") as bar:
         while step < cfg.num_steps and not preemption.requested:
             state, metrics = step_fn(state, next(batches), float(schedule(step)))
