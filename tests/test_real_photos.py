@@ -35,10 +35,10 @@ def _phone_photo(path: Path) -> Image.Image:
         return ImageOps.exif_transpose(image)
 
 
-def _report(source, options=BuildOptions()) -> Report:
+def _report(source) -> Report:
     report = Report()
     for unit in source.units():
-        for outcome in process_unit(source, unit, options):
+        for outcome in process_unit(source, unit, BuildOptions()):
             report.add(outcome)
     return report
 
