@@ -135,3 +135,12 @@ def test_real_process_reports_without_traceback(files, tmp_path):
     assert "Traceback" not in result.stderr
     result = run_cli("--prompt", "a cat", "--subject", str(files["cat"]), "--box", "0,0,2,1")
     assert result.returncode == 2 and "outside [0, 1]" in result.stderr
+
+
+def test_a_label_taken_from_the_file_name_is_announced(files, capsys):
+    named, unnamed = sample.load_subjects(
+        [{"image": str(files["dog"]), "label": "puppy"}, {"image": str(files["cat"])}]
+    )
+    assert (named.label, unnamed.label) == ("puppy", "cat")
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert notes == [notes[0]] and "labelled 'cat'" in notes[0] and "--label" in notes[0]
