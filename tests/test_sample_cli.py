@@ -111,8 +111,9 @@ def test_bad_input_is_one_line_and_exit_1(export_dir, files, extra, message, cap
     argv = ["--checkpoint", str(export_dir), "--prompt", "a cat"]
     argv += [arg.format(**paths) for arg in extra]
     assert sample.main(argv) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err
+    *notes, error = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith("error: ") and message in error
+    assert all(note.startswith("note: ") for note in notes)  # labels taken from file names
 
 
 def test_bad_flags_exit_2(files, capsys):
