@@ -94,3 +94,25 @@ def test_lock_names_its_holder_and_a_killed_holder_releases_it(tmp_path):
             holder.kill()
     with workdir_lock(tmp_path), workdir_lock(tmp_path):  # free again, and re-entrant
         assert f"process {os.getpid()}" in (tmp_path / LOCK_FILE).read_text()
+
+
+def test_config_typo_is_one_line_and_help_loads_no_tensorflow():
+    typo = subprocess.run(
+        [sys.executable, "train.py", "--config=configs/tiny.py", "--config.train.num_stepz=5"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert typo.returncode == cli.EXIT_USAGE and "Traceback" not in typo.stderr
+    assert typo.stderr.strip().splitlines() == [
+        "error: --config.train.num_stepz=5: 'num_stepz' Did you mean \"num_steps\" instead of "
+        '"num_stepz"? (see --help)'
+    ]
+    probe = (
+        "import runpy, sys; sys.argv = ['train.py', '--help']\n"
+        "try:\n    runpy.run_path('train.py', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print('loaded:', sorted({'tensorflow', 'transformers'} & set(sys.modules)))"
+    )
+    shown = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
+    assert "--workdir" in shown.stdout and "loaded: []" in shown.stdout, shown.stdout[-500:]
