@@ -6,6 +6,7 @@
 The export (WORKDIR/export: config.json + diffusion_pytorch_model.safetensors, with the fitted
 scaling_factor) loads with `sdjax.weights.load_vae` and diffusers' `AutoencoderKL`. Re-running the
 same command resumes from the last checkpoint, or returns at once when the fit is finished.
+Exit codes as train.py's: 75 when SIGTERM or Ctrl-C stopped the fit after a checkpoint.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sdjax.compilation import add_xla_flags
-from sdjax.training.vae_fit import fit_vae
+from sdjax import cli
 
 REPO = Path(__file__).resolve().parent
 
@@ -31,9 +31,16 @@ flags.DEFINE_string(
 )
 
 
+@cli.one_line_errors
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Imported here so that --help answers without loading JAX and TensorFlow.
+    cli.quiet_tensorflow()
+    from sdjax.compilation import add_xla_flags
+    from sdjax.training.vae_fit import fit_vae
+    from sdjax.training.workdir_lock import workdir_lock
+
     logging.set_verbosity(logging.WARNING)
     add_xla_flags()  # read when JAX starts its backend, below
     config = flags.FLAGS.config
@@ -41,10 +48,11 @@ def main(argv: list[str]) -> None:
         config.vae_fit.file_pattern = flags.FLAGS.data
     if not config.vae_fit.file_pattern:
         raise app.UsageError("no images: pass --data or --config.vae_fit.file_pattern")
-    result = fit_vae(config, flags.FLAGS.workdir)
+    with workdir_lock(flags.FLAGS.workdir):
+        result = fit_vae(config, flags.FLAGS.workdir)
     if not result.complete:
-        print(f"stopped at step {result.step}; run again to resume")
-        return
+        print(f"stopped at step {result.step} with a checkpoint; run the same command to resume")
+        raise SystemExit(cli.EXIT_PREEMPTED)
     print(
         f"held-out reconstruction MAE {result.initial_mae:.4f} -> {result.final_mae:.4f} "
         f"after {result.step} steps; scaling_factor {result.scaling_factor:.5f}"
@@ -54,4 +62,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_absl_flags)

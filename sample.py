@@ -129,6 +129,12 @@ def load_subjects(specs: Sequence[dict]) -> list[Subject]:
     for spec in specs:
         named = Subject(**spec)
         pixels, mask = read_subject(named)
+        if not named.label:
+            print(
+                f"note: {named.image} is labelled {named.resolved_label()!r} in the prompt (its "
+                "file name); give --label after --subject to name it",
+                file=sys.stderr,
+            )
         subjects.append(
             Subject(
                 pixels,

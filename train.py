@@ -7,25 +7,24 @@
 
 A config with a `world` section (configs/toy_world.py, the default) runs four cached stages in
 the work directory: generate the world's records (world/), fit its VAE (vae/), pre-fit the image
-encoder on the world's subjects (image_encoder/), then train Subject-Diffusion with both frozen. Each stage is reused when its settings match and its files
-are intact, and rebuilt otherwise. Re-running the same command resumes from the last checkpoint.
+encoder on the world's subjects (image_encoder/), then train Subject-Diffusion with both frozen.
+Each stage is reused when its settings match and its files are intact, and rebuilt otherwise. Re-running the same command resumes from the last checkpoint.
 Any config value can be overridden with --config.SECTION.NAME=VALUE.
+
+One run at a time per work directory (a second one stops at once, naming the first). Exit codes:
+0 trained (or resumed) to num_steps; 1 an error (one line on stderr); 2 a bad flag; 75 stopped by
+SIGTERM or Ctrl-C with a checkpoint saved, so a scheduler can requeue the same command.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
-from data.build_sample import build_sample_records
-from data.toy_world import generate_world
-from sdjax import export, trainer
-from sdjax.compilation import add_xla_flags
-from sdjax.toy_world.references import WorldReferences
-from sdjax.training.encoder_fit import fit_image_encoder
-from sdjax.training.vae_fit import fit_vae
+from sdjax import cli
 
 REPO = Path(__file__).resolve().parent
 
@@ -40,13 +39,19 @@ flags.DEFINE_string("workdir", None, "Run directory (default: the config's workd
 def prepare_toy_world(config: ConfigDict, workdir: Path) -> None:
     """The world's records, its fitted VAE and pre-fitted image encoder (cached stages under
     `config.stages_dir`, else the work directory), wired into the sections of `config`."""
+    from data.toy_world import generate_world
+    from sdjax.toy_world.references import WorldReferences
+    from sdjax.training.encoder_fit import fit_image_encoder
+    from sdjax.training.vae_fit import fit_vae
+
     stages = Path(config.stages_dir or workdir)
     world = generate_world(config.world, stages)
     config.data.file_pattern = ",".join(world.record_files)
     config.vae_fit.file_pattern = config.data.file_pattern
     fitted = fit_vae(config, stages / "vae")
     if not fitted.complete:
-        raise SystemExit("the VAE fit was interrupted; run again to resume")
+        print("the VAE fit was interrupted; run the same command to resume")
+        raise SystemExit(cli.EXIT_PREEMPTED)
     print(f"VAE: held-out reconstruction error {fitted.final_mae:.4f} ({fitted.export_dir})")
     config.model.vae_path = str(fitted.export_dir)
     config.train.vae_scaling_factor = fitted.scaling_factor
@@ -55,24 +60,39 @@ def prepare_toy_world(config: ConfigDict, workdir: Path) -> None:
     config.model.image_encoder_path = str(encoder.export_dir)
 
 
+@cli.one_line_errors
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Imported here, not at the top, so that --help answers without loading JAX and TensorFlow.
+    cli.quiet_tensorflow()
+    from data.build_sample import build_sample_records
+    from sdjax import export, trainer
+    from sdjax.compilation import add_xla_flags
+    from sdjax.training.workdir_lock import workdir_lock
+
     logging.set_verbosity(logging.WARNING)
     add_xla_flags()  # read when JAX starts its backend, below
     config = flags.FLAGS.config
     workdir = Path(flags.FLAGS.workdir or config.workdir)
-    if "world" in config:
-        prepare_toy_world(config, workdir)
-    elif not config.data.file_pattern:
-        files = build_sample_records(workdir / "data")
-        config.data.file_pattern = ",".join(files)
-    result = trainer.train(config, workdir)
-    print(f"trained to step {result.step}; run directory: {workdir}")
-    if result.step >= config.train.num_steps:
-        out = export.export_run(workdir, workdir / "export")
+    # Every host of a multi-host run runs this; there process 0 locks, in `trainer.train`.
+    single_host = not trainer.distributed_requested(config)
+    with workdir_lock(workdir) if single_host else contextlib.nullcontext():
+        if "world" in config:
+            prepare_toy_world(config, workdir)
+        elif not config.data.file_pattern:
+            files = build_sample_records(workdir / "data")
+            config.data.file_pattern = ",".join(files)
+        result = trainer.train(config, workdir)
+        if result.preempted:
+            print(
+                f"stopped at step {result.step} with a checkpoint; run the same command to resume"
+            )
+            raise SystemExit(cli.EXIT_PREEMPTED)
+        print(f"trained to step {result.step}; run directory: {workdir}")
+        out = export.export_run(workdir, workdir / "export", overwrite=True)
         print(f"exported for sampling: {out}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_absl_flags)

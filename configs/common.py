@@ -2,7 +2,7 @@
 
 from ml_collections import ConfigDict, config_dict
 
-from sdjax.input_pipeline.pipeline import default_config as data_config
+from sdjax.input_pipeline.config import default_config as data_config
 from sdjax.tokenizer import BOS_ID, EOS_ID
 
 

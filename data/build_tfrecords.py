@@ -26,9 +26,10 @@ if __package__ in (None, ""):  # run as a script: make `data` and `sdjax` import
 
 from data.coco import CocoSource  # noqa: E402
 from data.manifest import ManifestSource  # noqa: E402
-from data.records import BuildOptions, Source  # noqa: E402
+from data.records import KEY_MODES, BuildOptions, Source  # noqa: E402
 from data.sdd_builder import build  # noqa: E402
 from data.sdd_tars import SddTarSource  # noqa: E402
+from sdjax import cli  # noqa: E402
 
 
 def _flag(text: str) -> bool:
@@ -41,7 +42,7 @@ def _flag(text: str) -> bool:
 def _paths(patterns: list[str]) -> tuple[str, ...]:
     paths = sorted({p for pattern in patterns for p in glob.glob(pattern)})
     if not paths:
-        raise SystemExit(f"no file matches {patterns}")
+        raise FileNotFoundError(f"no file matches {' '.join(patterns)}")
     return tuple(paths)
 
 
@@ -85,6 +86,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
         checks.add_argument("--strict", action="store_true", help="stop at the first bad record")
         checks.add_argument("--tokenizer", default=None, help="model folder with a tokenizer/")
+        checks.add_argument(
+            "--keys",
+            choices=KEY_MODES,
+            default=BuildOptions.keys,
+            help="record keys: the source's own (default; a repeated one stops the build before "
+            "it starts) or location (file and line, so a repeated image is kept twice)",
+        )
         beam = sub.add_argument_group("Apache Beam")
         beam.add_argument("--beam_runner", default=None, help="e.g. DirectRunner")
         beam.add_argument("--beam_options", default="", help="pipeline flags, one string")
@@ -99,6 +107,7 @@ def make_source(args: argparse.Namespace) -> Source:
     return ManifestSource(_paths(args.manifests))
 
 
+@cli.one_line_errors
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     options = BuildOptions(
@@ -107,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         box_tolerance=args.box_tolerance,
         strict=args.strict,
         tokenizer_dir=args.tokenizer,
+        keys=args.keys,
     )
     beam_options = None
     if args.beam_options:

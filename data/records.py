@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from data.masks import MaskError
+from sdjax import images
 from sdjax import tokenizer as tok
 from sdjax.input_pipeline import schema
 
@@ -41,6 +42,7 @@ class Reason(enum.Enum):
     MASK_SIZE = "mask size differs from the image"
     BOX_OUTSIDE = "box outside the image"
     BOX_EMPTY = "box of zero area"
+    BOX_INVERTED = "box corners inverted (not x0, y0, x1, y1)"
     LABEL_NOT_IN_CAPTION = "label not in caption"
     CROWD = "crowd annotation"
     TOO_FEW_ENTITIES = "too few entities"
@@ -113,6 +115,46 @@ class BuildOptions:
     box_tolerance: float = 1.0  # pixels a box may overshoot the image before it counts as outside
     strict: bool = False
     tokenizer_dir: str | None = None
+    keys: str = "given"  # given: the source's key (a manifest's `key`, else its image path);
+    # location: the source file and record ("m.jsonl:line 3"), unique even for repeated images
+
+
+KEY_MODES = ("given", "location")
+# How many repeated keys a duplicate-key error names.
+_LISTED_DUPLICATES = 5
+
+
+class DuplicateKeyError(ValueError):
+    """Two or more images of a source share a record key."""
+
+
+def record_key(image: RawImage, options: BuildOptions) -> str:
+    """The key an image's record is written under (`BuildOptions.keys`)."""
+    if options.keys not in KEY_MODES:
+        raise ValueError(f"keys={options.keys!r}; choose one of {KEY_MODES}")
+    return image.key if options.keys == "given" else f"{image.file}:{image.record}"
+
+
+def check_unique_keys(source: Source, options: BuildOptions) -> None:
+    """Raises `DuplicateKeyError` naming where each repeated key occurs, before any image is
+    decoded (sources read their images lazily)."""
+    places: dict[str, list[str]] = {}
+    for unit in source.units():
+        for item in source.read(unit):
+            if isinstance(item, RawImage):
+                places.setdefault(record_key(item, options), []).append(
+                    f"{item.file} {item.record}"
+                )
+    repeated = {key: where for key, where in places.items() if len(where) > 1}
+    if repeated:
+        listed = "; ".join(
+            f"{key!r} at {', '.join(where)}"
+            for key, where in list(repeated.items())[:_LISTED_DUPLICATES]
+        )
+        raise DuplicateKeyError(
+            f"{len(repeated)} record key(s) used by more than one image: {listed}. Remove the "
+            "repeated lines, or pass --keys=location to key each image by its file and line"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,14 +177,19 @@ def label_in_caption(label: str, caption: str) -> bool:
 
 
 def read_image(data: bytes) -> tuple[bytes, str, int, int]:
-    """Encoded bytes, format, height and width of a fully decodable image.
+    """Encoded bytes, format, height and width of a fully decodable image, as displayed.
 
-    JPEG and PNG bytes are kept as they are; any other format is re-encoded as PNG.
+    Upright JPEG and PNG bytes are kept as they are; an image with an EXIF orientation is turned
+    upright (`sdjax.images.upright`) and re-encoded, as is any other format, as PNG (lossless).
+    JPEG data is decoded in full: a JPEG damaged anywhere raises `CorruptImageError`.
     """
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        if image.format in _KEPT_FORMATS:
-            return data, _KEPT_FORMATS[image.format], image.height, image.width
+    with Image.open(io.BytesIO(data)) as raw:
+        raw.load()
+        if raw.format == images.JPEG_FORMAT:
+            images.verify_jpeg(data)
+        image = images.upright(raw)
+        if image is raw and raw.format in _KEPT_FORMATS:
+            return data, _KEPT_FORMATS[raw.format], raw.height, raw.width
         buffer = io.BytesIO()
         image.convert("RGB").save(buffer, "PNG")
         return buffer.getvalue(), "png", image.height, image.width
@@ -160,6 +207,8 @@ def check_box(
         return None, Reason.MALFORMED, f"box {box!r} is not 4 numbers"
     if not all(map(math.isfinite, (x0, y0, x1, y1))):
         return None, Reason.MALFORMED, f"box {list(box)} is not finite"
+    if x1 < x0 or y1 < y0:
+        return None, Reason.BOX_INVERTED, f"box {list(box)} has x1 < x0 or y1 < y0"
     if x0 < -tolerance or y0 < -tolerance or x1 > width + tolerance or y1 > height + tolerance:
         return None, Reason.BOX_OUTSIDE, f"box {list(box)} in a {width}x{height} image"
     clipped = (max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height)))
@@ -230,7 +279,7 @@ def build_example(image: RawImage, options: BuildOptions) -> Outcome:
         detail = f"{len(entities)} kept, {options.min_entities} needed"
         return skipped(Reason.TOO_FEW_ENTITIES, detail, *entity_skips)
     example = schema.ImageExample(
-        key=image.key,
+        key=record_key(image, options),
         image_encoded=encoded,
         image_format=image_format,
         height=height,

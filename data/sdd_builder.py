@@ -19,7 +19,14 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tqdm import tqdm
 
-from data.records import BuildOptions, Outcome, Report, Source, process_unit
+from data.records import (
+    BuildOptions,
+    Outcome,
+    Report,
+    Source,
+    check_unique_keys,
+    process_unit,
+)
 from sdjax.input_pipeline import schema
 
 DATASET_NAME = "sdd"
@@ -132,6 +139,13 @@ class Sdd(tfds.core.GeneratorBasedBuilder):
             features=tfds_features(),
         )
 
+    def _log_download_bytes(self) -> None:
+        # tfds' own line speaks of downloading a dataset of "Unknown size"; these are local files.
+        print(f"building records from local files into {self.data_dir}")
+
+    def _log_download_done(self) -> None:
+        pass  # the build report follows
+
     def _example_writer(self) -> tfds.core.writer.ExampleWriter:
         return _SchemaExampleWriter(file_format=self.info.file_format)
 
@@ -196,10 +210,13 @@ def build(
 ) -> BuildResult:
     """Build (or reuse) the records of `source` under `data_dir`.
 
-    `num_shards=None` lets tfds size the shards; a Beam runner or options switch to Beam.
+    `num_shards=None` lets tfds size the shards; a Beam runner or options switch to Beam. An
+    in-process build first checks that every record key is unique (`check_unique_keys`).
     """
     builder = Sdd(source=source, options=options, split=split, data_dir=str(data_dir))
     reused = builder.is_prepared() and not overwrite
+    if not reused and beam_runner is None and beam_options is None:
+        check_unique_keys(source, options or BuildOptions())
     mode = tfds.download.GenerateMode
     config = tfds.download.DownloadConfig(
         num_shards=num_shards,

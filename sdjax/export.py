@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import shutil
 from pathlib import Path
 
 import jax
@@ -25,7 +27,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 from safetensors.numpy import save_file
 
-from sdjax import sharding, trainer
+from sdjax import cli, sharding, trainer
 from sdjax.models.image_encoder import CLIPVisionModelWithProjection
 from sdjax.models.subject_diffusion import SubjectDiffusion
 from sdjax.models.unet import UNetConfig
@@ -82,10 +84,18 @@ def scheduler_config_json(config: ConfigDict) -> dict:
     }
 
 
+def _save_tensors(tensors: dict[str, np.ndarray], path: Path) -> None:
+    """A safetensors file readable as any file this process writes (safetensors creates it 0600)."""
+    save_file(tensors, str(path))
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
+
+
 def _write(folder: Path, config: dict, tensors: dict[str, np.ndarray], weights_name: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config, indent=2, default=list))
-    save_file(tensors, str(folder / weights_name))
+    _save_tensors(tensors, folder / weights_name)
 
 
 def _cast(tensors: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
@@ -151,7 +161,7 @@ def export_model(
             subject[f"{name}.{key}"] = value
     if not keep_adapters:
         subject.update({f"unet.{k}": v for k, v in adapters.items()})
-    save_file(_cast(subject, dtype), str(out / SUBJECT_MODULES_FILE))
+    _save_tensors(_cast(subject, dtype), out / SUBJECT_MODULES_FILE)
     load_tokenizer(tokenizer_dir).save_pretrained(str(out / "tokenizer"))
     scheduler = out / "scheduler"
     scheduler.mkdir(exist_ok=True)
@@ -176,18 +186,28 @@ def export_run(
     weights: str | None = None,
     dtype: str | None = None,
     fmt: str = "sdjax",
+    overwrite: bool = False,
 ) -> Path:
-    """Exports the last checkpoint of the run in `workdir` (EMA weights when the run kept them)."""
+    """Exports the last checkpoint of the run in `workdir` (EMA weights when the run kept them).
+
+    An existing, non-empty `out` is an error unless `overwrite`; then it is replaced whole.
+    """
     config = read_run_config(workdir)
     weights = weights or config.export.weights
     if weights == "ema" and config.train.ema_decay <= 0:
         weights = "raw"
-    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
-    run = trainer.build_run(config, mesh, frozen_as_computed=False)  # weights as loaded
     checkpoints = trainer.checkpointer(config, workdir)
     step = checkpoints.latest_step()
     if step is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+        checkpoints.close()
+        raise FileNotFoundError(f"{workdir} has no checkpoint to export (none in checkpoints/)")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            checkpoints.close()
+            raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+        shutil.rmtree(out)
+    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    run = trainer.build_run(config, mesh, frozen_as_computed=False)  # weights as loaded
     state = checkpoints.restore_state(step, run.state)
     checkpoints.close()
     params = state.ema if weights == "ema" else state.params
@@ -195,6 +215,7 @@ def export_run(
     return export_model(model, config, out, dtype=dtype or config.export.dtype, fmt=fmt)
 
 
+@cli.one_line_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdir", help="training run directory (holds checkpoints/)")
@@ -202,9 +223,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", choices=("ema", "raw"), default=None)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
     parser.add_argument("--format", choices=("sdjax", "diffusers"), default="sdjax")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     args = parser.parse_args(argv)
     out = export_run(
-        Path(args.workdir), Path(args.out), weights=args.weights, dtype=args.dtype, fmt=args.format
+        Path(args.workdir),
+        Path(args.out),
+        weights=args.weights,
+        dtype=args.dtype,
+        fmt=args.format,
+        overwrite=args.overwrite,
     )
     print(f"exported to {out}")
 

@@ -11,10 +11,12 @@ import functools
 import gzip
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-from transformers import CLIPTokenizer
+
+if TYPE_CHECKING:  # transformers loads in the functions that need it (a fast --help)
+    from transformers import CLIPTokenizer
 
 BOS_ID = 49406
 EOS_ID = 49407
@@ -70,8 +72,17 @@ def bundled_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
 @functools.cache
 def bundled_tokenizer() -> CLIPTokenizer:
     """The CLIP tokenizer of SD 1.x (pad = `<|endoftext|>`), built from the bundled merges."""
+    from transformers import CLIPTokenizer
+
     vocab, merges = bundled_vocab_and_merges()
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LENGTH)
+    return _quiet(CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LENGTH))
+
+
+def _quiet(tokenizer: CLIPTokenizer) -> CLIPTokenizer:
+    """`tokenizer` without transformers' warning that ids past 77 would cause indexing errors:
+    sdjax tokenizes captions whole and truncates the assembled prompt itself."""
+    tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
+    return tokenizer
 
 
 def load_tokenizer(model_dir: str | Path | None = None) -> CLIPTokenizer:
@@ -79,9 +90,11 @@ def load_tokenizer(model_dir: str | Path | None = None) -> CLIPTokenizer:
     folder = Path(model_dir) / "tokenizer" if model_dir is not None else None
     if folder is None or not folder.is_dir():
         return bundled_tokenizer()
+    from transformers import CLIPTokenizer
+
     tokenizer = CLIPTokenizer.from_pretrained(str(folder))
     _check_token_facts(tokenizer, folder)
-    return tokenizer
+    return _quiet(tokenizer)
 
 
 def _check_token_facts(tokenizer: CLIPTokenizer, source: Path) -> None:

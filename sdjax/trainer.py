@@ -3,6 +3,7 @@ compiled step → loop (logging, checkpoints, preemption) → export."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -31,6 +32,7 @@ from sdjax.training.metrics import MetricsWriter
 from sdjax.training.optimizer import learning_rate_schedule, make_optimizer
 from sdjax.training.samples import TrainingSamples
 from sdjax.training.step import TrainState, init_train_state, make_train_step
+from sdjax.training.workdir_lock import workdir_lock
 from sdjax.weights.clip import load_image_encoder
 from sdjax.weights.subject_diffusion import load_parts
 from sdjax.weights.vae import load_vae
@@ -48,6 +50,7 @@ class TrainResult:
     state: TrainState
     last_metrics: dict[str, float]
     compilations: int  # how many programs the step compiled to (1 unless shapes changed)
+    preempted: bool = False  # stopped by SIGTERM/SIGINT before num_steps, checkpoint saved
 
 
 class Preemption:
@@ -70,10 +73,14 @@ class Preemption:
             signal.signal(sig, handler)
 
 
+def distributed_requested(config: ConfigDict) -> bool:
+    """Whether this is one process of a multi-host run (by the config or the environment)."""
+    return bool(config.distributed) or "JAX_COORDINATOR_ADDRESS" in os.environ
+
+
 def maybe_initialize_distributed(config: ConfigDict) -> None:
     """Multi-host: `jax.distributed.initialize()` when the config or the environment asks for it."""
-    asked = config.distributed or "JAX_COORDINATOR_ADDRESS" in os.environ
-    if asked and not jax.distributed.is_initialized():
+    if distributed_requested(config) and not jax.distributed.is_initialized():
         jax.distributed.initialize()
 
 
@@ -268,27 +275,51 @@ def make_run_mesh(config: ConfigDict) -> jax.sharding.Mesh:
     return sharding.make_mesh(mesh_config, devices)
 
 
+class StartupLog:
+    """One status line per start-up stage, with the seconds since the start (process 0 only)."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def __call__(self, stage: str, detail: str) -> None:
+        if jax.process_index() == 0:
+            print(f"[{time.perf_counter() - self.start:6.1f}s] {stage}: {detail}", flush=True)
+
+
 def train(
     config: ConfigDict,
     workdir: str | Path,
     make_batches: Callable[[ConfigDict], PipelineIterator] = pipeline.make_iterator,
 ) -> TrainResult:
-    """Trains (or resumes) the run in `workdir` up to `config.train.num_steps`."""
+    """Trains (or resumes) the run in `workdir` up to `config.train.num_steps`; process 0 holds
+    the work directory's lock (`workdir_lock`) while it does."""
     workdir = Path(workdir)
+    maybe_initialize_distributed(config)
+    with workdir_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+        return _train(config, workdir, make_batches)
+
+
+def _train(
+    config: ConfigDict, workdir: Path, make_batches: Callable[[ConfigDict], PipelineIterator]
+) -> TrainResult:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / RUN_CONFIG).write_text(config.to_json_best_effort(indent=2))
     tc = config.train
+    status = StartupLog()
 
     # Mesh: one jit over all devices; the batch splits over (data, fsdp), parameters over fsdp.
-    maybe_initialize_distributed(config)
     mesh = make_run_mesh(config)
     batch_sharding = sharding.batch_sharding(mesh)
 
     # Input: this host's files, per-host batch, checkpointable position.
     batches = make_batches(config.data)
+    status("data", f"input pipeline ready, batch {config.data.batch_size}")
 
     run = build_run(config, mesh)
+    count = sum(x.size for x in jax.tree.leaves((run.state.params, run.frozen)))
+    status("model", f"{count / 1e6:.1f}M parameters on a {dict(mesh.shape)} mesh")
     compile_step(run, config, mesh)
+    status("compile", "train step compiled")
     state, frozen, step_fn = run.state, run.frozen, run.step_fn
     checkpoints = checkpointer(config, workdir)
 
@@ -296,6 +327,7 @@ def train(
     start = checkpoints.latest_step() or 0
     if start:
         state, batches = checkpoints.restore(start, state, batches)
+        status("restore", f"resumed from step {start}")
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
     writer.truncate_after(start)
 
@@ -334,7 +366,8 @@ def train(
     checkpoints.wait()
     checkpoints.close()
     writer.close()
-    return TrainResult(step, state, metrics, step_fn._cache_size())
+    preempted = preemption.requested and step < tc.num_steps
+    return TrainResult(step, state, metrics, step_fn._cache_size(), preempted)
 
 
 def _state_shardings(state: TrainState, mesh) -> TrainState:

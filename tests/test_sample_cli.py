@@ -111,8 +111,9 @@ def test_bad_input_is_one_line_and_exit_1(export_dir, files, extra, message, cap
     argv = ["--checkpoint", str(export_dir), "--prompt", "a cat"]
     argv += [arg.format(**paths) for arg in extra]
     assert sample.main(argv) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err
+    *notes, error = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith("error: ") and message in error
+    assert all(note.startswith("note: ") for note in notes)  # labels taken from file names
 
 
 def test_bad_flags_exit_2(files, capsys):
@@ -135,3 +136,12 @@ def test_real_process_reports_without_traceback(files, tmp_path):
     assert "Traceback" not in result.stderr
     result = run_cli("--prompt", "a cat", "--subject", str(files["cat"]), "--box", "0,0,2,1")
     assert result.returncode == 2 and "outside [0, 1]" in result.stderr
+
+
+def test_a_label_taken_from_the_file_name_is_announced(files, capsys):
+    named, unnamed = sample.load_subjects(
+        [{"image": str(files["dog"]), "label": "puppy"}, {"image": str(files["cat"])}]
+    )
+    assert (named.label, unnamed.label) == ("puppy", "cat")
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert notes == [notes[0]] and "labelled 'cat'" in notes[0] and "--label" in notes[0]

@@ -1,13 +1,16 @@
 """`python train.py` end to end: the bundled sample set, metrics, TensorBoard, samples, export."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from safetensors.numpy import load_file, save_file
 
 from sdjax.sampling import SubjectDiffusionPipeline
+from sdjax.weights.core import WeightLoadError
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 12
@@ -72,3 +75,34 @@ def test_weights_inspect_reports_each_part(run, tmp_path):
     assert "(sdjax export)" in done.stdout and "0 kept at their initial value" in done.stdout
     missing = subprocess.run([*inspect, str(tmp_path / "nowhere")], capture_output=True, text=True)
     assert missing.returncode == 1 and "no such folder" in missing.stderr
+
+
+def test_export_guards_its_folder_and_a_3_channel_conv_in_is_refused(run, tmp_path):
+    workdir, _ = run
+    export = [sys.executable, "-m", "sdjax.export", str(workdir)]
+    taken = subprocess.run([*export, str(workdir / "export")], capture_output=True, text=True)
+    assert taken.returncode == 1 and "Traceback" not in taken.stderr
+    assert taken.stderr.strip().endswith("already exists; pass --overwrite to replace it")
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    (empty / "config.json").write_text((workdir / "config.json").read_text())
+    none = subprocess.run(
+        [*export[:-1], str(empty), str(tmp_path / "x")], capture_output=True, text=True
+    )
+    assert none.returncode == 1 and "has no checkpoint to export" in none.stderr
+
+    out = tmp_path / "edited"
+    shutil.copytree(workdir / "export", out)
+    for weights in out.rglob("*.safetensors"):
+        assert weights.stat().st_mode & 0o044 == 0o044, f"{weights} is not readable by others"
+    unet = out / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(unet))
+    tensors["conv_in.weight"] = tensors["conv_in.weight"][:, :3].copy()
+    save_file(tensors, str(unet))
+    inspect = subprocess.run(
+        [sys.executable, "-m", "sdjax.weights", "inspect", str(out)], capture_output=True, text=True
+    )
+    assert inspect.returncode == 1 and "cannot load:" in inspect.stdout
+    assert "conv_in.weight: checkpoint (" in inspect.stdout
+    with pytest.raises(WeightLoadError, match="conv_in.weight"):
+        SubjectDiffusionPipeline.from_pretrained(out)

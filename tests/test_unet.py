@@ -7,6 +7,7 @@ Tolerances: float32 outputs within 1e-4 (max abs) of PyTorch, outputs O(1); atte
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import jax
@@ -501,3 +502,22 @@ def test_bad_checkpoints_give_clear_errors(sd1, tmp_path):
     ref.save_pretrained(tmp_path / "pickled", safe_serialization=False)
     with pytest.raises(WeightLoadError, match=r"diffusion_pytorch_model\.bin"):
         load_unet(tmp_path / "pickled", **plain)
+
+
+def test_conv_in_of_another_channel_count_is_refused(sd1, tmp_path):
+    """Only a plain release's 4 channels grow (to 5); an edited 3-channel kernel is an error, in a
+    diffusers folder and in an sdjax export alike."""
+    _, path, _ = sd1
+    tensors = load_file(str(path / "diffusion_pytorch_model.safetensors"))
+    edited = {**tensors, "conv_in.weight": tensors["conv_in.weight"][:, :3].copy()}
+    _write(tmp_path / "plain", edited, path)
+    export = tmp_path / "export"
+    _write(export, edited, path)
+    config = json.loads((export / "config.json").read_text())
+    (export / "config.json").write_text(
+        json.dumps({**config, "in_channels": 5, "grounding_dim": 16, "use_adapter": True})
+    )
+    shapes = r"conv_in.weight: checkpoint \(32, 3, 3, 3\), model expects \(32, 5, 3, 3\)"
+    for folder in (tmp_path / "plain", export):
+        with pytest.raises(WeightLoadError, match=shapes):
+            load_unet(folder, grounding_dim=16, attention_map_factors=(1, 2))

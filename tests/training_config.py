@@ -3,7 +3,7 @@
 from ml_collections import ConfigDict
 
 from configs import tiny
-from sdjax.input_pipeline.pipeline import default_config
+from sdjax.input_pipeline.config import default_config
 
 RESOLUTION = 32
 VAE_FACTOR = 2  # two VAE levels

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from sdjax.images import upright
 from sdjax.sampling.errors import SamplingInputError
 from sdjax.sampling.layout import Box, check_box
 
@@ -75,7 +76,7 @@ def _open(source: ImageLike, what: str) -> Image.Image:
     try:
         with Image.open(source) as image:
             image.load()
-            return image
+            return upright(image)  # as displayed: the box and mask refer to that
     except (OSError, UnidentifiedImageError) as error:
         raise SamplingInputError(f"cannot read {what} {str(source)!r}: {error}") from None
 

@@ -3,7 +3,8 @@
     python -m sdjax.weights inspect PATH
 
 PATH: a diffusers Stable Diffusion folder (unet/ vae/ text_encoder/ tokenizer/), one of those
-component folders, a transformers CLIP vision folder, or an sdjax export.
+component folders, a transformers CLIP vision folder, or an sdjax export. Exit code 1 when PATH
+is missing or any part of it cannot be loaded.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sdjax.weights.subject_diffusion import CONFIG_FILE, SUBJECT_MODULES_FILE
 from sdjax.weights.unet import load_unet
 from sdjax.weights.vae import load_vae
 
+CANNOT_LOAD = "cannot load:"
 COMPONENTS: dict[str, Callable] = {
     "unet": load_unet,
     "vae": load_vae,
@@ -103,7 +105,7 @@ def inspect(path: Path) -> list[str]:
             COMPONENTS[name](folder)
             lines += [f"    would load: {line}" for line in collect.lines]
         except (WeightLoadError, ValueError, FileNotFoundError) as err:
-            lines += [f"    cannot load: {line}" for line in str(err).splitlines()]
+            lines += [f"    {CANNOT_LOAD} {line}" for line in str(err).splitlines()]
     logger.removeHandler(collect)
     if len(lines) == 1:
         lines.append("  nothing sdjax can load (no unet/, vae/, text_encoder/, image_encoder/)")
@@ -119,11 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("path", type=Path)
     args = parser.parse_args(argv)
     try:
-        print("\n".join(inspect(args.path)))
+        lines = inspect(args.path)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    return 0
+    print("\n".join(lines))
+    return 1 if any(CANNOT_LOAD in line for line in lines) else 0
 
 
 if __name__ == "__main__":

@@ -61,6 +61,18 @@ def grow_input_channels(
 SDJAX_DEFAULTS = {"in_channels": 5, "grounding_dim": 1024, "use_adapter": True}
 
 
+def _adds_location_channel(
+    stored: dict[str, Any], tensors: dict[str, np.ndarray], in_channels: int
+) -> bool:
+    """Whether `conv_in` is to grow by the location-mask channel: the one resize loading makes,
+    for a plain diffusers release whose kernel has its config's `in_channels` (4) and a model of
+    one more. Any other channel count is a shape mismatch, as for every other tensor."""
+    if "grounding_dim" in stored or CONV_IN_KERNEL not in tensors:
+        return False
+    channels = tensors[CONV_IN_KERNEL].shape[1]
+    return channels == stored.get("in_channels") and in_channels == channels + 1
+
+
 def load_unet(
     path: str | Path,
     *,
@@ -76,6 +88,8 @@ def load_unet(
     `in_channels`, `grounding_dim`, `use_adapter`: when None, the values an sdjax export stored in
     its config.json, or `SDJAX_DEFAULTS` for a plain diffusers release (`in_channels` 5: the
     pretrained 4 plus the location mask). `overrides` set any other `UNetConfig` field.
+    Loading is strict; its one resize is `conv_in` of a plain diffusers release growing by the
+    location-mask channel (zero-initialised), which the load report names.
     """
     folder = unet_folder(path)
     stored = read_config(folder)
@@ -88,7 +102,7 @@ def load_unet(
     tensors = read_safetensors_folder(folder)
     has_adapter = any(ADAPTER_MARK in key for key in tensors)
     resize = {}
-    if CONV_IN_KERNEL in tensors and tensors[CONV_IN_KERNEL].shape[1] != in_channels:
+    if _adds_location_channel(stored, tensors, in_channels):
         resize[CONV_IN_KERNEL] = grow_input_channels
     return load_module(
         lambda rngs: UNet(config, rngs=rngs),
