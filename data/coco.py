@@ -1,6 +1,7 @@
 """COCO-style input: `instances_*.json` (boxes, polygon or RLE masks, categories) + `captions_*.json`.
 
-The entity label is the category name. Of an image's captions, the one naming the most distinct
+The entity label is the category name. An annotation without `segmentation` (absent, null or an
+empty list) is an entity with a box only. Of an image's captions, the one naming the most distinct
 labels is used (the first, by caption id, on ties). Crowd annotations are left out.
 """
 
@@ -9,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from data.masks import decode_coco_segmentation
 from data.records import RawEntity, RawImage, Reason, Skip, label_in_caption
@@ -102,12 +105,22 @@ class CocoSource:
             box = _corner_box(ann["bbox"])
         except (KeyError, TypeError, ValueError):
             return skip(Reason.MALFORMED, f"bbox {ann.get('bbox')!r}")
-        segmentation, height, width = ann.get("segmentation"), image["height"], image["width"]
         return RawEntity(
             label=ann["category_name"],
             box=box,
-            # Polygons are drawn at the size the file declares: a mismatch with the real image
-            # then shows as a mask of the wrong size.
-            mask=lambda _h, _w: decode_coco_segmentation(segmentation, height, width),
+            mask=_segmentation_mask(ann.get("segmentation"), image["height"], image["width"]),
             score=float(ann.get("score", 1.0)),
         )
+
+
+def _segmentation_mask(
+    segmentation: Any, height: int, width: int
+) -> Callable[[int, int], np.ndarray] | None:
+    """The mask decoder of an annotation; None when it has no segmentation (a box only).
+
+    Polygons are drawn at the size the file declares: a mismatch with the real image then shows
+    as a mask of the wrong size.
+    """
+    if segmentation is None or segmentation == []:
+        return None
+    return lambda _h, _w: decode_coco_segmentation(segmentation, height, width)

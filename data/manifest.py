@@ -4,9 +4,9 @@
      "entities": [{"label": "cat", "box": [x0, y0, x1, y1], "mask": "masks/cat.png", "score": 0.9},
                   {"label": "sofa", "box": [...], "polygon": [[x0, y0, x1, y1, ...], ...]}]}
 
-`key` (default: the image path) and `score` (default 1.0) are optional; each entity has either a
-`mask` (a single-channel PNG, nonzero = inside) or a `polygon` (a COCO polygon list, or one flat
-list). Each manifest file is one unit of work: split a large manifest into several for Beam.
+`key` (default: the image path) and `score` (default 1.0) are optional; each entity has a `mask`
+(a single-channel PNG, nonzero = inside), a `polygon` (a COCO polygon list, or one flat list), or
+neither (a box only). Each manifest file is one unit of work: split a large manifest into several for Beam.
 """
 
 from __future__ import annotations
@@ -87,14 +87,18 @@ def _entity(entry: Any, folder: Path, manifest: str, record: str) -> RawEntity |
         and isinstance(entry.get("label"), str)
         and "box" in entry
         and isinstance(entry.get("score", 1.0), Number)
-        and (("mask" in entry) != ("polygon" in entry))
+        and not ("mask" in entry and "polygon" in entry)
     )
     if not valid:
-        detail = f"entity {entry!r} needs a label, a box, a numeric score and a mask or a polygon"
+        detail = (
+            f"entity {entry!r} needs a label, a box, a numeric score and at most one of a mask "
+            "and a polygon"
+        )
         return Skip(Reason.MALFORMED, manifest, record, detail, True)
+    mask = None
     if "mask" in entry:
         mask = functools.partial(_mask_file, folder / str(entry["mask"]))
-    else:
+    elif "polygon" in entry:
         mask = functools.partial(_polygon, entry["polygon"])
     score = float(entry.get("score", 1.0))
     return RawEntity(label=entry["label"], box=entry["box"], mask=mask, score=score)

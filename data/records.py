@@ -77,12 +77,13 @@ class RawEntity:
     """An entity as a source describes it.
 
     `mask(height, width)` decodes lazily, given the size of the decoded image (used by formats
-    whose masks have no size of their own), and may raise `MaskError`.
+    whose masks have no size of their own), and may raise `MaskError`; None for an entity
+    annotated with a box only (its record entry is `schema.NO_MASK`).
     """
 
     label: str
     box: Sequence[float]  # pixels: x0, y0, x1, y1
-    mask: Callable[[int, int], np.ndarray]
+    mask: Callable[[int, int], np.ndarray] | None
     score: float = 1.0
 
 
@@ -237,16 +238,19 @@ def _entity(
     box, reason, detail = check_box(raw.box, *size, options.box_tolerance)
     if reason is not None:
         return skip(reason, detail)
-    try:
-        mask = np.asarray(raw.mask(*size), bool)
-    except MaskError as error:
-        return skip(Reason.UNDECODABLE_MASK, str(error))
-    if mask.shape != size:
-        return skip(Reason.MASK_SIZE, f"mask {mask.shape[::-1]} vs image {size[::-1]} (w, h)")
+    mask_png = None
+    if raw.mask is not None:
+        try:
+            mask = np.asarray(raw.mask(*size), bool)
+        except MaskError as error:
+            return skip(Reason.UNDECODABLE_MASK, str(error))
+        if mask.shape != size:
+            return skip(Reason.MASK_SIZE, f"mask {mask.shape[::-1]} vs image {size[::-1]} (w, h)")
+        mask_png = schema.encode_mask_png(mask)
     return schema.Entity(
         label=label,
         box=box,
-        mask_png=schema.encode_mask_png(mask),
+        mask_png=mask_png,
         clause_ids=tuple(tok.clause_ids(tokenizer, label)),
         score=float(raw.score),
     )
@@ -302,12 +306,18 @@ def process_unit(source: Source, unit: Any, options: BuildOptions) -> Iterator[O
         yield outcome
 
 
+def boxes_only(example: schema.ImageExample) -> int:
+    """How many entities of the record have a box and no mask."""
+    return sum(entity.mask_png is None for entity in example.entities)
+
+
 @dataclasses.dataclass
 class Report:
     """What a build wrote and what it left out, and why."""
 
     examples: int = 0
     entities: int = 0
+    entities_without_mask: int = 0  # of `entities`: annotated with a box only
     skipped_images: dict[str, int] = dataclasses.field(default_factory=dict)
     skipped_entities: dict[str, int] = dataclasses.field(default_factory=dict)
     first_skips: list[str] = dataclasses.field(default_factory=list)
@@ -316,6 +326,7 @@ class Report:
         if outcome.example is not None:
             self.examples += 1
             self.entities += len(outcome.example.entities)
+            self.entities_without_mask += boxes_only(outcome.example)
         for skip in outcome.skips:
             counts = self.skipped_entities if skip.entity else self.skipped_images
             counts[skip.reason.value] = counts.get(skip.reason.value, 0) + 1
@@ -323,7 +334,10 @@ class Report:
                 self.first_skips.append(skip.message())
 
     def summary(self) -> str:
-        lines = [f"examples written: {self.examples}", f"entities kept: {self.entities}"]
+        lines = [
+            f"examples written: {self.examples}",
+            f"entities kept: {self.entities} ({self.entities_without_mask} with a box only)",
+        ]
         for title, counts in (
             ("images skipped", self.skipped_images),
             ("entities skipped", self.skipped_entities),

@@ -24,6 +24,7 @@ from data.records import (
     Outcome,
     Report,
     Source,
+    boxes_only,
     check_unique_keys,
     process_unit,
 )
@@ -68,6 +69,7 @@ def _count(outcome: Outcome) -> None:
     if outcome.example is not None:
         Metrics.counter(METRICS_NAMESPACE, "examples").inc()
         Metrics.counter(METRICS_NAMESPACE, "entities").inc(len(outcome.example.entities))
+        Metrics.counter(METRICS_NAMESPACE, "entities_without_mask").inc(boxes_only(outcome.example))
     for skip in outcome.skips:
         prefix = _ENTITY_SKIP if skip.entity else _IMAGE_SKIP
         Metrics.counter(METRICS_NAMESPACE, prefix + skip.reason.value).inc()
@@ -93,6 +95,8 @@ def report_from_metrics(pipeline_result: Any) -> Report:
             report.examples = value
         elif name == "entities":
             report.entities = value
+        elif name == "entities_without_mask":
+            report.entities_without_mask = value
         elif name.startswith(_IMAGE_SKIP):
             report.skipped_images[name.removeprefix(_IMAGE_SKIP)] = value
         elif name.startswith(_ENTITY_SKIP):

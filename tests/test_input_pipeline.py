@@ -336,14 +336,19 @@ def test_location_mask_modes():
     masks[1, 8:16, 8:16] = True
     boxes = tf.constant([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
     valid = tf.constant([True, False])
-    seg = augment.location_mask(boxes, tf.constant(masks), valid, "segmentation", 8)
+    masked = tf.constant([False, False])
+    seg = augment.location_mask(boxes, tf.constant(masks), valid, masked, "segmentation", 8)
     expected = np.ones((8, 8))
     expected[1:3, 1:4] = 0.0  # nearest sampling at cell centres (2i + 1, 2j + 1)
     np.testing.assert_array_equal(seg[..., 0], expected)
-    box = augment.location_mask(boxes, tf.constant(masks), valid, "box", 8)
+    box = augment.location_mask(boxes, tf.constant(masks), valid, masked, "box", 8)
     assert float(tf.reduce_sum(1 - box)) == 16
+    # A subject without a mask of its own is its box in segmentation mode too.
+    box_only = tf.constant([True, False])
+    seg = augment.location_mask(boxes, tf.constant(masks), valid, box_only, "segmentation", 8)
+    np.testing.assert_array_equal(seg, box)
     with pytest.raises(ValueError, match="'ellipse'"):
-        augment.location_mask(boxes, tf.constant(masks), valid, "ellipse", 8)
+        augment.location_mask(boxes, tf.constant(masks), valid, masked, "ellipse", 8)
 
 
 def _take(iterator, n):

@@ -64,17 +64,28 @@ def resize_masks(masks: tf.Tensor, size: int, method: str, antialias: bool = Fal
 
 
 def location_mask(
-    boxes: tf.Tensor, masks: tf.Tensor, valid: tf.Tensor, mode: str, size: int
+    boxes: tf.Tensor,
+    masks: tf.Tensor,
+    valid: tf.Tensor,
+    box_only: tf.Tensor,
+    mode: str,
+    size: int,
 ) -> tf.Tensor:
     """(size, size, 1): 1 on background, 0 inside any valid subject's box or segmentation mask.
 
     A cell is inside when its centre is (box mode: inside the normalised box; segmentation mode:
-    on a mask pixel, by nearest-neighbour resizing of the (K, R, R) masks).
+    on a mask pixel, by nearest-neighbour resizing of the (K, R, R) masks, or inside the box of a
+    `box_only` (K,) subject, which has no mask of its own).
     """
     if mode == "box":
         background = geometry.background_of_boxes(boxes, valid, size)
     elif mode == "segmentation":
-        inside = resize_masks(masks, size, "nearest") * tf.cast(valid, tf.float32)[:, None, None]
+        segments = tf.where(
+            box_only[:, None, None],
+            tf.cast(geometry.box_regions(boxes, size), tf.float32),
+            resize_masks(masks, size, "nearest"),
+        )
+        inside = segments * tf.cast(valid, tf.float32)[:, None, None]
         background = 1.0 - tf.reduce_max(inside, axis=0)
     else:
         raise ValueError(f"location_mask must be 'box' or 'segmentation', got {mode!r}")

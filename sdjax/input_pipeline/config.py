@@ -27,6 +27,9 @@ def default_config(resolution: int = REFERENCE_RESOLUTION) -> ml_collections.Con
     c.subject_size = 224
     c.max_subjects = 2
     c.location_mask = "box"  # box | segmentation
+    # Entities annotated with a box only (no mask): "box" uses the filled box as their mask
+    # (location mask, attention-loss target, subject cut-out); "skip" drops them.
+    c.boxes_without_masks = "box"
     c.background = "random"  # white | random (another image of the batch; noise in a batch of 1)
     c.fill_mask_holes = True  # the reference's row/column cavity filling of segmentation masks
     c.pad_id = EOS_ID  # 49407 for SD 1.x tokenizers, 0 for SD 2.x

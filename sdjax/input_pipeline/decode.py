@@ -88,13 +88,21 @@ def decode_masks(encoded: tf.Tensor, height: tf.Tensor, width: tf.Tensor):
 
     decoded_ok: every mask decodes; sized_ok: every mask is `height` x `width`. A mask of another
     size is cropped or padded to it (only so shapes stay static; the record is then skipped).
+    An empty entry (`schema.NO_MASK`, a box-only entity) gives an empty mask.
     """
 
-    def decode_one(data):
+    def decode_png(data):
         mask = tf.io.decode_png(data, channels=1)
         sized = tf.reduce_all(tf.shape(mask)[:2] == tf.stack([height, width]))
         fitted = tf.image.resize_with_crop_or_pad(mask, height, width)[..., 0] != 0
         return fitted, sized
+
+    def decode_one(data):
+        return tf.cond(
+            tf.strings.length(data) > 0,
+            lambda: decode_png(data),
+            lambda: (tf.zeros(tf.stack([height, width]), tf.bool), tf.constant(True)),
+        )
 
     def decode_all(data):
         return tf.map_fn(

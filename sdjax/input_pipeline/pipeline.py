@@ -19,6 +19,10 @@ Where the reference leaves room, the reader does this:
   limit loses its slot (its partial clause stays in the ids, as plain truncation leaves it).
 - Random background: the next example of the batch (cyclically), uniform noise in a batch of one.
 - Masks are decoded only for entities that pass the mask-free filters.
+- A box-only entity (no mask) takes its filled box as its mask with `boxes_without_masks="box"`
+  (it passes the fill filter; its attention-loss target, subject cut-out and segmentation-mode
+  location mask are the box); with "skip" it is never selected (`BOX_ONLY` when that leaves no
+  subject).
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ TFRECORD_OVERHEAD = 16
 # Crop draws by `data.crop`: "centred" takes the middle of the admissible square crops.
 CENTRED_CROP = (0.5, 0.5)
 CROP_DRAWS = ("random", "centred")
+# What stands in for the mask of a box-only entity (`schema.NO_MASK`): its filled box, or nothing
+# (the entity is dropped).
+BOXES_WITHOUT_MASKS = ("box", "skip")
 
 
 def output_signature(cfg: ml_collections.ConfigDict) -> dict[str, tf.TensorSpec]:
@@ -71,7 +78,12 @@ def latent_moments_shape(cfg: ml_collections.ConfigDict) -> tuple[int, int, int]
     return (latent, latent, 2 * cfg.latent_channels)
 
 
-def _check_crop(cfg: ml_collections.ConfigDict) -> None:
+def _check_choices(cfg: ml_collections.ConfigDict) -> None:
+    if cfg.boxes_without_masks not in BOXES_WITHOUT_MASKS:
+        raise ValueError(
+            f"data.boxes_without_masks={cfg.boxes_without_masks!r}; "
+            f"known: {sorted(BOXES_WITHOUT_MASKS)}"
+        )
     if cfg.crop not in CROP_DRAWS:
         raise ValueError(f"data.crop={cfg.crop!r}; known: {sorted(CROP_DRAWS)}")
     if cfg.cached_latents and cfg.crop != "centred":
@@ -130,14 +142,19 @@ def _select(element: dict, cfg: ml_collections.ConfigDict) -> tuple[tf.Tensor, d
     candidates = filters.entity_candidates(
         boxes, scores, features["entities/label"], features["caption"], width * height, f
     ) & (parsed & image_ok & boxes_ok)
-    candidate_index = tf.where(candidates)[:, 0]
+    box_only = tf.strings.length(features["entities/mask"]) == 0
+    usable = candidates & ~box_only if cfg.boxes_without_masks == "skip" else candidates
+    candidate_index = tf.where(usable)[:, 0]
     masks_decoded, masks_sized, masks = decode.decode_masks(
         tf.gather(features["entities/mask"], candidate_index), height, width
     )
-    fills = filters.mask_fills_box(masks, tf.gather(boxes, candidate_index), f.min_mask_fill)
-    eligible = tf.scatter_nd(candidate_index[:, None], fills, tf.shape(candidates, tf.int64))
+    # The filled box that stands in for a missing mask fills its box.
+    fills = filters.mask_fills_box(
+        masks, tf.gather(boxes, candidate_index), f.min_mask_fill
+    ) | tf.gather(box_only, candidate_index)
+    eligible = tf.scatter_nd(candidate_index[:, None], fills, tf.shape(usable, tf.int64))
     selected = filters.rank_and_select(boxes, scores, eligible, f.max_overlap, cfg.max_subjects)
-    mask_slot = tf.cumsum(tf.cast(candidates, tf.int32)) - 1
+    mask_slot = tf.cumsum(tf.cast(usable, tf.int32)) - 1
     near_white = filters.near_white_fraction(image, f.near_white_threshold)
     latents_ok, moments = tf.constant(True), None
     if cfg.cached_latents:
@@ -157,6 +174,10 @@ def _select(element: dict, cfg: ml_collections.ConfigDict) -> tuple[tf.Tensor, d
                 tf.reduce_all(features["caption/ids"] != PLACEHOLDER_ID),
                 Reason.PLACEHOLDER_IN_CAPTION,
             ),
+            (
+                (tf.size(selected) > 0) | ~tf.reduce_any(candidates & ~usable),
+                Reason.BOX_ONLY,
+            ),
             (tf.size(selected) > 0, Reason.NO_SUBJECT),
             (latents_ok, Reason.NO_LATENTS),
         ]
@@ -165,6 +186,7 @@ def _select(element: dict, cfg: ml_collections.ConfigDict) -> tuple[tf.Tensor, d
         "image": image,
         "boxes": tf.gather(boxes, selected),
         "masks": tf.gather(masks, tf.gather(mask_slot, selected)),
+        "box_only": tf.gather(box_only, selected),
         "entities": selected,
         "caption_ids": features["caption/ids"],
         "clause_ids": features["entities/clause_ids"],
@@ -194,11 +216,16 @@ def _transform(selection: dict, u: tf.Tensor, cfg: ml_collections.ConfigDict):
     count = tf.size(kept)
     valid = tf.range(slots) < count
     boxes = _pad_slots(tf.gather(target.boxes, kept), slots)
-    masks = _pad_slots(tf.gather(target.masks, kept), slots)
+    box_only = _pad_slots(tf.gather(selection["box_only"], kept), slots)
+    masks = tf.where(
+        box_only[:, None, None],
+        geometry.box_regions(boxes, r),
+        _pad_slots(tf.gather(target.masks, kept), slots),
+    )
     example = {
         "image": target.image,
         "location_mask": augment.location_mask(
-            boxes, masks, valid, cfg.location_mask, r // cfg.latent_downsample
+            boxes, masks, valid, box_only, cfg.location_mask, r // cfg.latent_downsample
         ),
         "subject_boxes": boxes,
         "subject_valid": valid,
@@ -345,7 +372,7 @@ def build_dataset(
 ) -> tf.data.Dataset:
     """Batched training examples of this host (per-host batch: batch_size / process_count)."""
     hide_accelerators_from_tensorflow()
-    _check_crop(cfg)
+    _check_choices(cfg)
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     if cfg.batch_size % process_count:

@@ -22,6 +22,8 @@ class Reason(enum.IntEnum):
     NO_SUBJECT = 9  # no entity passes the filters (or none is left after the crop)
     # Bad input, only with `cached_latents`.
     NO_LATENTS = 10  # no cached latents at the configured resolution (data/cache_latents.py)
+    # Training-time selection, only with `boxes_without_masks="skip"`.
+    BOX_ONLY = 11  # no subject kept, and an entity passing the filters had a box and no mask
 
 
 NUM_REASONS = len(Reason)

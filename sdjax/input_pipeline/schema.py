@@ -2,7 +2,9 @@
 
 Every builder writes records through `encode_example`; the reader parses them with `FEATURE_SPEC`.
 Lists are flat: `entities/box` holds 4 floats per entity, `entities/clause_ids` the clauses of all
-entities one after the other, split by `entities/clause_length`.
+entities one after the other, split by `entities/clause_length`. An entity annotated with a box
+only has an empty `entities/mask` entry (`NO_MASK`); the reader's `data.boxes_without_masks`
+decides what stands in for its mask.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from sdjax.tokenizer import PLACEHOLDER_ID
 SCHEMA_VERSION = 1
 IMAGE_FORMATS = ("jpeg", "png")
 MASK_INSIDE = 255
+# The `entities/mask` entry of an entity annotated with a box only (no PNG is ever empty).
+NO_MASK = b""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +88,7 @@ class Entity:
 
     label: str
     box: tuple[float, float, float, float]  # pixels: x0, y0, x1, y1
-    mask_png: bytes  # single-channel PNG, image-sized, nonzero = inside
+    mask_png: bytes | None  # single-channel PNG, image-sized, nonzero = inside; None: box only
     clause_ids: tuple[int, ...]  # ids of ", the {label} is sks"
     score: float = 1.0
 
@@ -134,7 +138,7 @@ def example_features(example: ImageExample) -> dict[str, list]:
         "entities/label": [e.label.encode("utf-8") for e in entities],
         "entities/score": [e.score for e in entities],
         "entities/box": [float(v) for e in entities for v in e.box],
-        "entities/mask": [e.mask_png for e in entities],
+        "entities/mask": [NO_MASK if e.mask_png is None else e.mask_png for e in entities],
         "entities/clause_ids": [i for e in entities for i in e.clause_ids],
         "entities/clause_length": [len(e.clause_ids) for e in entities],
     }
@@ -196,7 +200,7 @@ def _decode_entities(values: Mapping[str, list]) -> tuple[Entity, ...]:
         Entity(
             label=label.decode("utf-8"),
             box=tuple(boxes[4 * i : 4 * i + 4]),
-            mask_png=mask,
+            mask_png=mask if mask != NO_MASK else None,
             clause_ids=tuple(clause_ids[starts[i] : starts[i + 1]]),
             score=score,
         )
