@@ -1,6 +1,7 @@
 """The tf.data reader end to end on small real TFRecords: contract, filters, bad input, resumption."""
 
 import io
+import logging
 import os
 
 import ml_collections
@@ -13,7 +14,8 @@ from PIL import Image
 from sdjax import tokenizer as tok
 from sdjax.input_pipeline import augment, filters, pipeline, schema, tokens
 from sdjax.input_pipeline.iterator_state import IteratorRestore, IteratorSave, PipelineIterator
-from sdjax.input_pipeline.reasons import DataError
+from sdjax.input_pipeline.reasons import DataError, Reason
+from sdjax.input_pipeline.skip_warnings import SkipWarnings
 
 CLIP = tok.load_tokenizer()
 HEIGHT, WIDTH = 72, 96
@@ -447,6 +449,35 @@ def test_bad_input_is_counted_and_skipped(bad_files):
         "placeholder_in_caption": 1,
         "no_subject": 1,
     }
+
+
+def test_skipped_bad_input_is_named_once_per_file_and_reason(bad_files, caplog):
+    pattern, mixed, truncated = bad_files
+    cfg = _bad_config(pattern, strict=False)
+    cfg.num_epochs = 2  # the second epoch's skips are not named again
+    with caplog.at_level(logging.WARNING, logger="sdjax.input_pipeline"):
+        list(pipeline.make_iterator(cfg, 0, 1))
+    messages = [r.getMessage() for r in caplog.records if r.name == "sdjax.input_pipeline"]
+    truncation = [m for m in messages if m.startswith(truncated)]
+    assert truncation == [
+        f"{truncated}: record 2 skipped, corrupt_file: the file is truncated or fails its "
+        "checksums from this record on; further records of this file skipped for this reason "
+        "are only counted"
+    ]
+    named = sorted(m.split(",")[1].split(":")[0].strip() for m in messages if m.startswith(mixed))
+    assert named == ["bad_box", "bad_mask", "bad_record", "corrupt_image", "mask_size"]
+    assert len(messages) == 6, messages  # the selections (near-white, ...) are not bad input
+
+
+def test_warnings_stop_after_the_named_limit(caplog):
+    warnings = SkipWarnings(max_named=2)
+    with caplog.at_level(logging.WARNING, logger="sdjax.input_pipeline"):
+        for file in ("a", "b", "c", "d"):
+            warnings.warn(file, int(Reason.BAD_MASK), 0)
+            warnings.warn(file, int(Reason.BAD_MASK), 1)
+    seen = [r.getMessage() for r in caplog.records]
+    assert [m.split(":")[0] for m in seen[:2]] == ["a", "b"]
+    assert len(seen) == 3 and seen[2].startswith("more records skipped as bad input")
 
 
 def test_strict_mode_names_the_file_and_record_of_bad_input(bad_files):

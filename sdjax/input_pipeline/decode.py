@@ -72,6 +72,11 @@ def parse_record(serialized: tf.Tensor) -> tuple[tf.Tensor, dict[str, tf.Tensor]
     return ok, features
 
 
+def unparsed_record() -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """What `parse_record` gives for no record: not ok, and empty features."""
+    return tf.constant(False), _empty_features()
+
+
 def decode_image(features: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
     """`(ok, image)`: the (H, W, 3) uint8 image, ok when it decodes to the recorded size."""
     decoded_ok, image = try_apply(

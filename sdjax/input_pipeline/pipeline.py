@@ -3,8 +3,8 @@
 Stages: this host's TFRecord files (split by process, shuffled, repeated per epoch) -> interleaved
 reading with a per-file integrity check -> record shuffle -> enumerate (the stream index seeds
 each example) -> parallel per-example processing (parse, checks, filters, crop, masks, prompt ids,
-dropout flags) -> a running count of skip reasons -> filter -> batch -> per-batch subject images
--> prefetch.
+dropout flags) -> a running count of skip reasons -> filter (warning once per file and reason of
+skipped bad input) -> batch -> per-batch subject images -> prefetch.
 
 Every random draw is stateless, seeded by (seed, process index, stream index), and every stage is
 deterministic, so a seed fixes the batches whatever the parallelism; the tf.data iterator state
@@ -36,6 +36,7 @@ from sdjax.input_pipeline import augment, decode, filters, tokens
 from sdjax.input_pipeline.config import default_config  # noqa: F401 (re-exported)
 from sdjax.input_pipeline.iterator_state import PipelineIterator
 from sdjax.input_pipeline.reasons import BAD_INPUT, NUM_REASONS, Reason
+from sdjax.input_pipeline.skip_warnings import SkipWarnings
 from sdjax.tokenizer import MAX_LENGTH, PLACEHOLDER_ID
 
 # TFRecord framing around each record's bytes: length (8), length CRC (4), data CRC (4).
@@ -133,7 +134,13 @@ def _select(element: dict, cfg: ml_collections.ConfigDict) -> tuple[tf.Tensor, d
     Only the masks of entities that pass the mask-free filters are decoded.
     """
     f = cfg.filters
-    parsed, features = decode.parse_record(element["record"])
+    # The end-of-file marker of a damaged file holds no record: not parsed, so TensorFlow logs
+    # no parse error for it (the skip warning names the file).
+    parsed, features = tf.cond(
+        element["file_reason"] == int(Reason.OK),
+        lambda: decode.parse_record(element["record"]),
+        decode.unparsed_record,
+    )
     image_ok, image = decode.decode_image(features)
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     boxes = tf.reshape(features["entities/box"], [-1, 4])
@@ -345,13 +352,19 @@ def _count_reasons(counts: tf.Tensor, example: dict):
     return counts, {**example, "_counts": counts}
 
 
-def _delivered(example: dict, strict: bool) -> tf.Tensor:
-    """Whether an example goes on: OK ones, and in strict mode bad input (the iterator raises)."""
+def _delivered(example: dict, strict: bool, warnings: SkipWarnings) -> tf.Tensor:
+    """Whether an example goes on: OK ones, and in strict mode bad input (the iterator raises).
+
+    Bad input skipped here is named on the console (`skip_warnings`)."""
     reason = example["_reason"]
-    if not strict:
-        return reason == int(Reason.OK)
     bad = tf.reduce_any(tf.equal(reason, [int(code) for code in sorted(BAD_INPUT)]))
-    return (reason == int(Reason.OK)) | bad
+    delivered = (reason == int(Reason.OK)) | (bad & strict)
+    warned = tf.cond(
+        bad & ~delivered,
+        lambda: warnings.in_graph(example["_file"], reason, example["_record"]),
+        lambda: tf.constant(True),
+    )
+    return delivered & warned
 
 
 def _graph(fn):
@@ -400,7 +413,8 @@ def build_dataset(
         deterministic=True,
     )
     ds = ds.scan(tf.zeros([NUM_REASONS], tf.int64), _graph(_count_reasons))
-    ds = ds.filter(_graph(lambda example: _delivered(example, cfg.strict)))
+    warnings = SkipWarnings()
+    ds = ds.filter(_graph(lambda example: _delivered(example, cfg.strict, warnings)))
     ds = ds.batch(cfg.batch_size // process_count, drop_remainder=True)
     ds = ds.map(
         _graph(lambda batch: finish_batch(batch, cfg)),

@@ -40,6 +40,18 @@ BAD_INPUT = frozenset(
 )
 
 
+# What each kind of bad input means, for messages that name a skipped record.
+BAD_INPUT_MEANING = {
+    Reason.CORRUPT_FILE: "the file is truncated or fails its checksums from this record on",
+    Reason.BAD_RECORD: "not an Example of this schema version, or entity lists that disagree",
+    Reason.CORRUPT_IMAGE: "the image does not decode, or decodes to another size than recorded",
+    Reason.BAD_MASK: "an entity mask does not decode",
+    Reason.MASK_SIZE: "an entity mask is not the image's size",
+    Reason.BAD_BOX: "an entity box has no area or leaves the image",
+    Reason.NO_LATENTS: "no cached latents at data.resolution",
+}
+
+
 class DataError(ValueError):
     """A bad record met in strict mode."""
 
