@@ -9,10 +9,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, ImageOps
 
 from sdjax import tokenizer as tok
-from sdjax.input_pipeline import augment, filters, pipeline, schema, tokens
+from sdjax.images import EXIF_ORIENTATION
+from sdjax.input_pipeline import augment, exif, filters, pipeline, schema, tokens
 from sdjax.input_pipeline.iterator_state import IteratorRestore, IteratorSave, PipelineIterator
 from sdjax.input_pipeline.reasons import DataError, Reason
 from sdjax.input_pipeline.skip_warnings import SkipWarnings
@@ -351,6 +352,62 @@ def test_location_mask_modes():
     np.testing.assert_array_equal(seg, box)
     with pytest.raises(ValueError, match="'ellipse'"):
         augment.location_mask(boxes, tf.constant(masks), valid, masked, "ellipse", 8)
+
+
+def _jpeg_with_orientation(pixels: np.ndarray, orientation: int) -> bytes:
+    tags = Image.Exif()
+    tags[EXIF_ORIENTATION] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", exif=tags, quality=95)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_read_and_applied_as_viewers_do(orientation):
+    pixels = np.random.default_rng(orientation).integers(0, 256, (5, 7, 3), np.uint8)
+    data = _jpeg_with_orientation(pixels, orientation)
+    assert int(exif.jpeg_orientation(tf.constant(data))) == orientation
+    with Image.open(io.BytesIO(data)) as photo:
+        stored = np.asarray(photo.convert("RGB"))
+        shown = np.asarray(ImageOps.exif_transpose(photo).convert("RGB"))
+    turned = exif.apply_orientation(tf.constant(stored), tf.constant(orientation))
+    np.testing.assert_array_equal(turned, shown)
+    assert int(exif.jpeg_orientation(tf.constant(_png(pixels)))) == 1
+
+
+def test_reader_shows_a_tagged_jpeg_upright(tmp_path):
+    # Stored 64 wide, 48 tall, dark on the left; tag 6 shows it 48 wide, 64 tall, dark on top.
+    stored = np.full((48, 64, 3), 128, np.uint8)
+    stored[:, :32] = 0
+    box = (8.0, 20.0, 40.0, 44.0)  # drawn on the photo as displayed
+    label = "dog"
+    example = schema.ImageExample(
+        key="phone-photo",
+        image_encoded=_jpeg_with_orientation(stored, 6),
+        image_format="jpeg",
+        height=64,
+        width=48,
+        caption="a dog",
+        caption_ids=tuple(tok.caption_ids(CLIP, "a dog")),
+        entities=(
+            schema.Entity(
+                label=label,
+                box=box,
+                mask_png=schema.encode_mask_png(_ellipse(box, 64, 48)),
+                clause_ids=tuple(tok.clause_ids(CLIP, label)),
+            ),
+        ),
+    )
+    pattern = _write(tmp_path / "photo.tfrecord", [example])
+    cfg = _config(pattern, batch_size=1, num_epochs=1, crop="centred", attention_map_sizes=(3,))
+    cfg.resolution = 48
+    iterator = pipeline.make_iterator(cfg, 0, 1)
+    (batch,) = list(iterator)
+    assert iterator.stats == {}
+    # The centred square keeping the box is displayed rows 8 to 55: 24 dark rows, then grey.
+    image = batch["image"][0]
+    assert image[:22].mean() < -0.95 and abs(image[26:].mean()) < 0.05
+    np.testing.assert_allclose(batch["subject_boxes"][0, 0], [8 / 48, 12 / 48, 40 / 48, 36 / 48])
 
 
 def _take(iterator, n):

@@ -12,7 +12,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from sdjax.input_pipeline import schema
+from sdjax.input_pipeline import exif, schema
 from sdjax.tokenizer import CLAUSE_PREFIX_LENGTH, CLAUSE_SUFFIX_LENGTH, PLACEHOLDER_ID
 
 
@@ -78,9 +78,15 @@ def unparsed_record() -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
 
 
 def decode_image(features: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
-    """`(ok, image)`: the (H, W, 3) uint8 image, ok when it decodes to the recorded size."""
+    """`(ok, image)`: the (H, W, 3) uint8 image as displayed (a JPEG's EXIF orientation applied,
+    as the builders do), ok when it decodes to the recorded size."""
+
+    def upright(data: tf.Tensor) -> tf.Tensor:
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        return exif.apply_orientation(image, exif.jpeg_orientation(data))
+
     decoded_ok, image = try_apply(
-        lambda data: tf.io.decode_image(data, channels=3, expand_animations=False),
+        upright,
         features["image/encoded"],
         tf.zeros([1, 1, 3], tf.uint8),
     )
