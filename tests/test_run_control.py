@@ -116,3 +116,23 @@ def test_config_typo_is_one_line_and_help_loads_no_tensorflow():
     )
     shown = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
     assert "--workdir" in shown.stdout and "loaded: []" in shown.stdout, shown.stdout[-500:]
+
+
+def test_missing_data_is_one_line_naming_the_pattern(tmp_path):
+    run = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "--config=configs/tiny.py",
+            f"--workdir={tmp_path / 'run'}",
+            "--config.data.file_pattern=/nonexistent/*",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert run.returncode == cli.EXIT_ERROR and "Traceback" not in run.stderr, run.stderr[-2000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [run.stderr.strip().splitlines()[-1]], run.stderr[-2000:]
+    assert "'/nonexistent/*'" in errors[0], errors
