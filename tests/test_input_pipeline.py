@@ -182,9 +182,7 @@ def test_prompt_ids_and_positions(good_files, one_epoch):
     _, records = good_files
     expected = {
         tuple(
-            tok.assemble_template(
-                r.caption_ids, [e.clause_ids for e in r.entities], pipeline.EOS_ID
-            ).ids
+            tok.assemble_template(r.caption_ids, [e.clause_ids for e in r.entities], tok.EOS_ID).ids
         ): r
         for r in records
     }
