@@ -54,6 +54,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="training steps of every setting")
     parser.add_argument("--num_eval", type=int, default=None, help="scenes per subject count")
     parser.add_argument("--sampling_steps", type=int, default=None, help="denoising steps")
+    parser.add_argument("--guidance_text", type=float, default=None, help="s_T (default: config's)")
+    parser.add_argument(
+        "--guidance_image", type=float, default=None, help="s_I (default: config's)"
+    )
     parser.add_argument(
         "--no_control", action="store_true", help="skip the dropped-reference control"
     )
@@ -91,7 +95,12 @@ def evaluate_setting(export: Path, args: argparse.Namespace, use_references: boo
 
     eval_set = read_eval_file(Path(args.workdir) / "world" / "eval.json")
     pipeline = SubjectDiffusionPipeline.from_pretrained(export)
-    sampling = {"steps": args.sampling_steps} if args.sampling_steps else {}
+    chosen = {
+        "steps": args.sampling_steps,
+        "guidance_text": args.guidance_text,
+        "guidance_image": args.guidance_image,
+    }
+    sampling = {k: v for k, v in chosen.items() if v is not None}
     sampled = {}
     for count in SUBJECT_COUNTS:
         scenes = eval_set.scenes[count][: args.num_eval]

@@ -41,6 +41,9 @@ def base_config(resolution: int) -> ConfigDict:
     c.train.lambda_attn = 0.01
     c.train.attention_loss = "balanced_l1"  # balanced_l1 (reference code) | l1 (paper)
     c.train.masked_diffusion_loss = False
+    c.train.snr_gamma = (
+        0.0  # > 0: min-SNR-gamma weights on the diffusion loss (0: SPEC's plain MSE)
+    )
     c.train.ema_decay = 0.0  # 0 disables the EMA
     c.train.on_nonfinite = "stop"  # stop | skip
     c.train.full_unet = False  # train every UNet parameter instead of SPEC's subset

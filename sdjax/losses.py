@@ -9,10 +9,16 @@ import jax.numpy as jnp
 
 
 def diffusion_loss(
-    prediction: jax.Array, target: jax.Array, weight: jax.Array | None = None
+    prediction: jax.Array,
+    target: jax.Array,
+    weight: jax.Array | None = None,
+    sample_weight: jax.Array | None = None,
 ) -> jax.Array:
-    """Mean squared error; with `weight` (broadcastable, e.g. a subject-region mask) a weighted mean."""
+    """Mean squared error; with `weight` (broadcastable, e.g. a subject-region mask) a weighted
+    mean; `sample_weight` (B,) scales each example's error (e.g. min-SNR weights) in the sum."""
     err = jnp.square(prediction.astype(jnp.float32) - target.astype(jnp.float32))
+    if sample_weight is not None:
+        err = err * sample_weight.astype(jnp.float32).reshape((-1,) + (1,) * (err.ndim - 1))
     if weight is None:
         return jnp.mean(err)
     weight = jnp.broadcast_to(weight.astype(jnp.float32), err.shape)

@@ -3,8 +3,9 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
-from sdjax import losses
+from sdjax import losses, schedulers
 
 
 def test_diffusion_loss_plain_and_weighted():
@@ -13,6 +14,35 @@ def test_diffusion_loss_plain_and_weighted():
     assert float(losses.diffusion_loss(pred, target)) == pytest.approx(7.5)
     weight = jnp.array([[1.0, 0.0], [0.0, 1.0]])
     assert float(losses.diffusion_loss(pred, target, weight)) == pytest.approx(8.5)
+
+
+def test_diffusion_loss_scales_each_example_by_its_sample_weight():
+    pred = jnp.array([[1.0, 2.0], [3.0, 4.0]])
+    target = jnp.zeros((2, 2))
+    scale = jnp.array([0.5, 2.0])
+    # (0.5 * (1 + 4) + 2 * (9 + 16)) / 4 elements
+    assert float(losses.diffusion_loss(pred, target, None, scale)) == pytest.approx(13.125)
+    weight = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    # (0.5 * 1 + 2 * 16) / 2 weighted elements
+    assert float(losses.diffusion_loss(pred, target, weight, scale)) == pytest.approx(16.25)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weights_follow_diffusers_snr(prediction_type):
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
+
+    config = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    reference = DDPMScheduler(**config, prediction_type=prediction_type)
+    schedule = schedulers.make_schedule(
+        schedulers.SchedulerConfig(**config, prediction_type=prediction_type)
+    )
+    t = np.array([0, 10, 200, 500, 999])
+    snr = compute_snr(reference, torch.from_numpy(t)).numpy()
+    gamma = 5.0
+    expected = np.minimum(snr, gamma) / (snr if prediction_type == "epsilon" else snr + 1)
+    got = schedulers.min_snr_weights(schedule, jnp.asarray(t), gamma)
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4)
 
 
 def test_balanced_l1_matches_definition():

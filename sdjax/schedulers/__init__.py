@@ -20,7 +20,13 @@ from sdjax.schedulers.schedule import (
     from_diffusers_config,
     make_schedule,
 )
-from sdjax.schedulers.training import add_noise, sample_timesteps, training_target, velocity
+from sdjax.schedulers.training import (
+    add_noise,
+    min_snr_weights,
+    sample_timesteps,
+    training_target,
+    velocity,
+)
 
 SAMPLERS: dict[str, Callable[..., Sampler]] = {
     "ddim": ddim_sampler,
@@ -50,5 +56,6 @@ __all__ = [
     "sample_loop",
     "sample_timesteps",
     "training_target",
+    "min_snr_weights",
     "velocity",
 ]

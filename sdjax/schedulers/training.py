@@ -40,3 +40,19 @@ def training_target(schedule: Schedule, x0: jax.Array, noise: jax.Array, t: jax.
 def sample_timesteps(schedule: Schedule, key: jax.Array, batch: int) -> jax.Array:
     """Training timesteps, uniform over [0, num_train_timesteps), int32 of shape (batch,)."""
     return jax.random.randint(key, (batch,), 0, schedule.config.num_train_timesteps, jnp.int32)
+
+
+def min_snr_weights(schedule: Schedule, t: jax.Array, gamma: float) -> jax.Array:
+    """Min-SNR-gamma loss weights (Hang et al. 2023), (batch,) float32.
+
+    SNR_t = alpha_bar_t / (1 - alpha_bar_t); the weight is min(SNR_t, gamma) / SNR_t for an
+    epsilon target and min(SNR_t, gamma) / (SNR_t + 1) for a velocity target, as diffusers'
+    training scripts compute it with `--snr_gamma`. Low-noise steps, whose epsilon error dominates
+    the plain loss while saying little about the image, count less.
+    """
+    alpha_prod = schedule.alphas_cumprod[t]
+    snr = alpha_prod / (1 - alpha_prod)
+    clipped = jnp.minimum(snr, gamma)
+    if schedule.config.prediction_type == "epsilon":
+        return clipped / snr
+    return clipped / (snr + 1)

@@ -100,7 +100,10 @@ def subject_diffusion_loss(
     weight = None
     if config.masked_diffusion_loss:
         weight = jnp.where(batch["drop_mask"][:, None, None, None], 1.0, 1.0 - location)
-    diffusion = losses.diffusion_loss(prediction, target, weight)
+    sample_weight = None
+    if config.snr_gamma > 0:
+        sample_weight = schedulers.min_snr_weights(schedule, timesteps, config.snr_gamma)
+    diffusion = losses.diffusion_loss(prediction, target, weight, sample_weight)
     token_valid = jnp.tile(fused, (1, 2))
     sizes = tuple(sorted({m.shape[1] for m in maps}))
     attention = losses.attention_loss(
