@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from transformers import CLIPTokenizer
 
 from sdjax import tokenizer as tok
 
@@ -72,7 +73,7 @@ def test_truncation_keeps_eos(clip):
 def test_model_folder_tokenizer_is_preferred(tmp_path, clip):
     vocab, merges = tok.bundled_vocab_and_merges()
     folder = tmp_path / "tokenizer"
-    sd2 = tok.CLIPTokenizer(vocab=vocab, merges=merges, pad_token="!", model_max_length=77)
+    sd2 = CLIPTokenizer(vocab=vocab, merges=merges, pad_token="!", model_max_length=77)
     sd2.save_pretrained(str(folder))
     loaded = tok.load_tokenizer(tmp_path)
     assert loaded is not clip and loaded.pad_token_id == 0
