@@ -93,6 +93,6 @@ def test_model_folder_with_vocab_files(tmp_path):
 
 def test_foreign_tokenizer_is_refused(tmp_path):
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2}
-    tok.CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(str(tmp_path / "tokenizer"))
+    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(str(tmp_path / "tokenizer"))
     with pytest.raises(ValueError, match="CLIP BPE needs"):
         tok.load_tokenizer(tmp_path)
