@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import signal
 import time
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from sdjax import compilation, schedulers, sharding
 from sdjax.input_pipeline import pipeline
-from sdjax.input_pipeline.iterator_state import PipelineIterator
+from sdjax.input_pipeline.iterator_state import IncompatibleInputState, PipelineIterator
 from sdjax.models.image_encoder import CLIPVisionConfig, CLIPVisionModelWithProjection
 from sdjax.models.init import init_module
 from sdjax.models.subject_diffusion import build_subject_diffusion
@@ -36,6 +37,8 @@ from sdjax.training.workdir_lock import workdir_lock
 from sdjax.weights.clip import load_image_encoder
 from sdjax.weights.subject_diffusion import load_parts
 from sdjax.weights.vae import load_vae
+
+logger = logging.getLogger(__name__)
 
 RUN_CONFIG = "config.json"
 
@@ -267,6 +270,24 @@ def checkpointer(config: ConfigDict, workdir: Path) -> Checkpointer:
     )
 
 
+def restore(
+    checkpoints: Checkpointer,
+    step: int,
+    state: TrainState,
+    batches: PipelineIterator,
+    config: ConfigDict,
+    make_batches: Callable[[ConfigDict], PipelineIterator] = pipeline.make_iterator,
+) -> tuple[TrainState, PipelineIterator]:
+    """The train state and input position of checkpoint `step`. An input position written by a
+    reader of another layout (an older sdjax) cannot continue: the model and optimizer resume,
+    and the data stream starts again from its seed, with a warning."""
+    try:
+        return checkpoints.restore(step, state, batches)
+    except IncompatibleInputState as error:
+        logger.warning("%s; the model resumes at step %d, the data stream restarts", error, step)
+        return checkpoints.restore_state(step, state), make_batches(config.data)
+
+
 def make_run_mesh(config: ConfigDict) -> jax.sharding.Mesh:
     """The mesh of `config.mesh` over all devices or the first `num_devices`."""
     mesh_config = config.mesh.to_dict()
@@ -326,7 +347,7 @@ def _train(
     # Restore: the same command resumes from the last checkpoint, on any mesh.
     start = checkpoints.latest_step() or 0
     if start:
-        state, batches = checkpoints.restore(start, state, batches)
+        state, batches = restore(checkpoints, start, state, batches, config, make_batches)
         status("restore", f"resumed from step {start}")
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
     writer.truncate_after(start)

@@ -4,6 +4,7 @@ import io
 import logging
 import os
 
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -12,11 +13,13 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 
 from sdjax import tokenizer as tok
+from sdjax import trainer
 from sdjax.images import EXIF_ORIENTATION
 from sdjax.input_pipeline import augment, exif, filters, pipeline, schema, tokens
 from sdjax.input_pipeline.iterator_state import IteratorRestore, IteratorSave, PipelineIterator
 from sdjax.input_pipeline.reasons import DataError, Reason
 from sdjax.input_pipeline.skip_warnings import SkipWarnings
+from sdjax.training.checkpoint import Checkpointer
 
 CLIP = tok.load_tokenizer()
 HEIGHT, WIDTH = 72, 96
@@ -453,6 +456,44 @@ def test_one_seed_gives_one_stream_and_a_restored_iterator_continues_exactly(goo
     cfg.seed = 1
     other = next(pipeline.make_iterator(cfg, 0, 1))
     assert not np.array_equal(other["image"], head[0]["image"])
+
+
+def _counting_stream(num_reasons: int) -> PipelineIterator:
+    """Batches of 2 with a running skip count of `num_reasons` entries, as the reader carries."""
+
+    def count(counts, index):
+        example = {"_counts": counts, "_reason": tf.constant(0, tf.int32), "x": index}
+        return counts, example
+
+    ds = tf.data.Dataset.range(100).scan(tf.zeros([num_reasons], tf.int64), count).batch(2)
+    return PipelineIterator(ds, strict=False)
+
+
+def test_an_input_position_of_another_layout_restarts_the_stream_and_keeps_the_model(
+    tmp_path, caplog
+):
+    checkpoints = Checkpointer(tmp_path / "ckpt", every=1, keep=1, use_async=False)
+    saved = _counting_stream(11)
+    next(saved)
+    state = {"w": jnp.arange(3.0)}
+    checkpoints.save(1, state, saved, force=True)
+    checkpoints.wait()
+    config = ml_collections.ConfigDict({"data": {}})
+    zeros = {"w": jnp.zeros(3)}
+
+    # The same layout continues where it stood.
+    same, batches = trainer.restore(checkpoints, 1, zeros, _counting_stream(11), config)
+    np.testing.assert_array_equal(same["w"], state["w"])
+    np.testing.assert_array_equal(next(batches)["x"], [2, 3])
+
+    # A reader whose skip count grew (a new reason) cannot read that position back.
+    with caplog.at_level(logging.WARNING, logger="sdjax.trainer"):
+        other, batches = trainer.restore(
+            checkpoints, 1, zeros, _counting_stream(12), config, lambda _: _counting_stream(12)
+        )
+    np.testing.assert_array_equal(other["w"], state["w"])
+    np.testing.assert_array_equal(next(batches)["x"], [0, 1])
+    assert "does not fit this reader" in caplog.text and "data stream restarts" in caplog.text
 
 
 @pytest.fixture(scope="module")

@@ -36,12 +36,21 @@ class PipelineIterator:
         self.tf_iterator = iter(dataset)
         self.strict = strict
         self._counts = np.zeros([NUM_REASONS], np.int64)
+        self._ahead: dict[str, tf.Tensor] | None = None
 
     def __iter__(self) -> PipelineIterator:
         return self
 
+    def read_ahead(self) -> None:
+        """Reads the next batch now and keeps it for `__next__` (a restored state that does not
+        fit this pipeline fails here, not at the first training step)."""
+        if self._ahead is None:
+            self._ahead = next(self.tf_iterator)
+
     def __next__(self) -> dict[str, np.ndarray]:
-        batch = {k: v.numpy() for k, v in next(self.tf_iterator).items()}
+        ahead, self._ahead = self._ahead, None
+        raw = ahead if ahead is not None else next(self.tf_iterator)
+        batch = {k: v.numpy() for k, v in raw.items()}
         self._counts = batch[_COUNTS][-1]
         reasons = batch[_REASON]
         if self.strict and np.any(reasons != Reason.OK):
@@ -58,6 +67,10 @@ class PipelineIterator:
         return describe_counts(self._counts)
 
 
+class IncompatibleInputState(ValueError):
+    """A saved input position written by a pipeline of another layout (e.g. an older reader)."""
+
+
 class IteratorHandler(ocp.CheckpointHandler):
     """Saves and restores a `PipelineIterator`'s tf.data state in an orbax checkpoint item."""
 
@@ -69,6 +82,13 @@ class IteratorHandler(ocp.CheckpointHandler):
         if not tf.io.gfile.exists(prefix + ".index"):
             raise FileNotFoundError(f"no input pipeline state for this process at {prefix}")
         tf.train.Checkpoint(iterator=args.iterator.tf_iterator).read(prefix).assert_consumed()
+        try:
+            args.iterator.read_ahead()
+        except tf.errors.InvalidArgumentError as error:
+            first_line = str(error.message).splitlines()[0]
+            raise IncompatibleInputState(
+                f"the input position saved at {prefix} does not fit this reader: {first_line}"
+            ) from None
         return args.iterator
 
 
