@@ -170,5 +170,7 @@ def get_config() -> ConfigDict:
     c.optimizer.learning_rate = 5e-4
     c.optimizer.warmup_steps = 100
     c.sampling.steps = 25
-    c.sampling.guidance_image = 5.0  # s_I: places and renders subjects best here (docs/benchmarks.md)
+    c.sampling.guidance_image = (
+        5.0  # s_I: places and renders subjects best here (docs/benchmarks.md)
+    )
     return c
