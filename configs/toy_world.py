@@ -170,7 +170,6 @@ def get_config() -> ConfigDict:
     c.optimizer.learning_rate = 5e-4
     c.optimizer.warmup_steps = 100
     c.sampling.steps = 25
-    c.sampling.guidance_image = (
-        5.0  # s_I: places and renders subjects best here (docs/benchmarks.md)
-    )
+    # s_I: places and renders this world's subjects best (docs/benchmarks.md; SPEC's is 1.5).
+    c.sampling.guidance_image = 5.0
     return c
