@@ -31,12 +31,13 @@ from data.manifest import ManifestSource  # noqa: E402
 from data.sdd_builder import build, shard_files  # noqa: E402
 from sdjax.stages import Stage  # noqa: E402
 from sdjax.toy_world.world import (  # noqa: E402
+    SUBJECT_COUNTS,
     EvalSet,
     Scene,
     caption,
+    configured_scene,
     load_eval_scenes,
     render_scene,
-    sample_scene,
     write_eval_file,
 )
 
@@ -48,7 +49,6 @@ EVAL_FILE = "eval.json"
 MANIFEST = "manifest.jsonl"
 # Independent random streams of one seed: training scenes and evaluation scenes.
 TRAIN_STREAM, EVAL_STREAM = 0, 1
-SUBJECT_COUNTS = (1, 2, 3)
 
 __all__ = ["WorldFiles", "generate_world", "load_eval_scenes"]
 
@@ -61,34 +61,18 @@ class WorldFiles:
     eval_file: Path
 
 
-def _scene_options(world: ml_collections.ConfigDict) -> dict:
-    """`sample_scene`'s layout arguments from the world config."""
-    return dict(
-        min_side_fraction=world.min_side_fraction,
-        max_side_fraction=world.max_side_fraction,
-        max_aspect=world.max_aspect,
-        max_overlap=world.max_overlap,
-    )
-
-
 def training_scenes(world: ml_collections.ConfigDict) -> Iterator[Scene]:
     """The world's training scenes, in order (training looks only)."""
     rng = np.random.default_rng([world.seed, TRAIN_STREAM])
-    weights = np.asarray(world.subjects_weights, np.float64)
     for _ in range(world.num_images):
-        count = int(rng.choice(SUBJECT_COUNTS, p=weights / weights.sum()))
-        yield sample_scene(rng, count, world.image_size, held_out=False, **_scene_options(world))
+        yield configured_scene(rng, world, held_out=False)
 
 
 def evaluation_scenes(world: ml_collections.ConfigDict) -> dict[int, list[Scene]]:
     """`num_eval` held-out scenes per number of subjects, from their own random stream."""
     rng = np.random.default_rng([world.seed, EVAL_STREAM])
-    options = _scene_options(world)
     return {
-        count: [
-            sample_scene(rng, count, world.image_size, held_out=True, **options)
-            for _ in range(world.num_eval)
-        ]
+        count: [configured_scene(rng, world, True, count) for _ in range(world.num_eval)]
         for count in SUBJECT_COUNTS
     }
 

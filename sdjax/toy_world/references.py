@@ -88,16 +88,7 @@ def cut_outs(
     parts = []
     for start in range(0, count, SCENE_BATCH):
         scenes = [
-            world.sample_scene(
-                rng,
-                int(rng.choice(len(world_cfg.subjects_weights), p=world_cfg.subjects_weights)) + 1,
-                world_cfg.image_size,
-                held_out=held_out,
-                min_side_fraction=world_cfg.min_side_fraction,
-                max_side_fraction=world_cfg.max_side_fraction,
-                max_aspect=world_cfg.max_aspect,
-                max_overlap=world_cfg.max_overlap,
-            )
+            world.configured_scene(rng, world_cfg, held_out)
             for _ in range(min(SCENE_BATCH, count - start))
         ]
         pixels = _augmented_cut_outs(scenes, world_cfg.image_size, data, int(rng.integers(2**31)))

@@ -15,6 +15,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -35,6 +36,7 @@ PATTERNS = ("solid", "stripes", "dots", "checker")
 WHITE = (255, 255, 255)
 
 DEFAULT_IMAGE_SIZE = 64
+SUBJECT_COUNTS = (1, 2, 3)  # subjects in a scene, as a world config weights them
 DEFAULT_PERIOD = 6  # pixels: stripes 3 on / 3 off, checker squares of 3, a dot every 6
 DEFAULT_MIN_SIDE_FRACTION = 0.30
 DEFAULT_MAX_SIDE_FRACTION = 0.50
@@ -479,6 +481,26 @@ def sample_scene(
         looks = looks_of(cls)
         subjects.append(Subject(cls, looks[int(rng.integers(len(looks)))], box))
     return Scene(background, tuple(subjects), int(rng.integers(TEXTURE_SEED_LIMIT)))
+
+
+def configured_scene(
+    rng: np.random.Generator, world_cfg: Any, held_out: bool, count: int | None = None
+) -> Scene:
+    """A scene laid out as a `world` config section says (image size, box sides, aspect,
+    overlap): `count` subjects, or a count drawn with its `subjects_weights` over SUBJECT_COUNTS."""
+    if count is None:
+        weights = np.asarray(world_cfg.subjects_weights, np.float64)
+        count = int(rng.choice(SUBJECT_COUNTS, p=weights / weights.sum()))
+    return sample_scene(
+        rng,
+        count,
+        world_cfg.image_size,
+        held_out=held_out,
+        min_side_fraction=world_cfg.min_side_fraction,
+        max_side_fraction=world_cfg.max_side_fraction,
+        max_aspect=world_cfg.max_aspect,
+        max_overlap=world_cfg.max_overlap,
+    )
 
 
 def _with_article(noun: str) -> str:
