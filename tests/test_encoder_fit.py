@@ -17,7 +17,7 @@ from sdjax.models.image_encoder import CLIPVisionConfig
 from sdjax.toy_world import references, world
 from sdjax.toy_world.evaluate import nearest_name
 from sdjax.trainer import load_fitted_image_encoder
-from sdjax.training.encoder_fit import BOTH_RIGHT, fit_image_encoder
+from sdjax.training.encoder_fit import ALL_RIGHT, fit_image_encoder
 from sdjax.weights.clip import load_image_encoder
 
 
@@ -82,7 +82,7 @@ def test_the_fit_learns_held_out_looks_from_their_parts(fitted):
     # Chance: colour 1/8, class 1/6, pattern 1/4; every held-out look is new to its class.
     assert drawings["colour"] >= 0.6 and cut_outs["colour"] >= 0.6
     assert drawings["pattern"] >= 0.6 and drawings["class"] >= 0.3
-    assert 0.0 <= drawings[BOTH_RIGHT] <= min(drawings["colour"], drawings["pattern"])
+    assert 0.0 <= drawings[ALL_RIGHT] <= min(drawings["colour"], drawings["pattern"])
 
 
 def test_the_export_is_a_transformers_clip_vision_model(fitted):

@@ -45,7 +45,7 @@ from sdjax.training.optimizer import warmup_cosine_schedule
 
 EXPORT_DIR = "export"
 RESULT_FILE = "encoder_fit.json"
-BOTH_RIGHT = "all"  # the accuracy name of every label right at once
+ALL_RIGHT = "all"  # the accuracy name of every label right at once
 
 
 class Labelled(Protocol):
@@ -111,10 +111,10 @@ def classification_loss(
 
 
 def accuracy(predicted: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict[str, float]:
-    """Share right per label, and of every label right at once (`BOTH_RIGHT`)."""
+    """Share right per label, and of every label right at once (`ALL_RIGHT`)."""
     right = {k: predicted[k] == labels[k] for k in labels}
     shares = {k: float(np.mean(v)) for k, v in right.items()}
-    shares[BOTH_RIGHT] = float(np.mean(np.logical_and.reduce(list(right.values()))))
+    shares[ALL_RIGHT] = float(np.mean(np.logical_and.reduce(list(right.values()))))
     return shares
 
 
