@@ -282,7 +282,9 @@ def restore(
     reader of another layout (an older sdjax) cannot continue: the model and optimizer resume,
     and the data stream starts again from its seed, with a warning."""
     try:
-        return checkpoints.restore(step, state, batches)
+        state, batches = checkpoints.restore(step, state, batches)
+        batches.read_ahead()
+        return state, batches
     except IncompatibleInputState as error:
         logger.warning("%s; the model resumes at step %d, the data stream restarts", error, step)
         return checkpoints.restore_state(step, state), make_batches(config.data)

@@ -42,10 +42,16 @@ class PipelineIterator:
         return self
 
     def read_ahead(self) -> None:
-        """Reads the next batch now and keeps it for `__next__` (a restored state that does not
-        fit this pipeline fails here, not at the first training step)."""
+        """Reads the next batch now and keeps it for `__next__`: a restored state that does not
+        fit this pipeline raises `IncompatibleInputState` here, not at the first training step."""
         if self._ahead is None:
-            self._ahead = next(self.tf_iterator)
+            try:
+                self._ahead = next(self.tf_iterator)
+            except tf.errors.InvalidArgumentError as error:
+                first_line = str(error.message).splitlines()[0]
+                raise IncompatibleInputState(
+                    f"the saved input position does not fit this reader: {first_line}"
+                ) from None
 
     def __next__(self) -> dict[str, np.ndarray]:
         ahead, self._ahead = self._ahead, None
@@ -82,13 +88,6 @@ class IteratorHandler(ocp.CheckpointHandler):
         if not tf.io.gfile.exists(prefix + ".index"):
             raise FileNotFoundError(f"no input pipeline state for this process at {prefix}")
         tf.train.Checkpoint(iterator=args.iterator.tf_iterator).read(prefix).assert_consumed()
-        try:
-            args.iterator.read_ahead()
-        except tf.errors.InvalidArgumentError as error:
-            first_line = str(error.message).splitlines()[0]
-            raise IncompatibleInputState(
-                f"the input position saved at {prefix} does not fit this reader: {first_line}"
-            ) from None
         return args.iterator
 
 
