@@ -17,6 +17,7 @@ from configs.toy_world import world_config
 from data.toy_world import generate_world
 from sdjax.input_pipeline import pipeline, schema
 from sdjax.stages import MARKER
+from sdjax.toy_world import benchmark
 from sdjax.toy_world import evaluate as ev
 from sdjax.toy_world import world as w
 
@@ -451,3 +452,17 @@ def test_summarise_counts_subjects_and_images():
     assert summary["location"] == pytest.approx(2 / 3)
     assert summary["pattern"] == 1.0 and summary["identity"] == pytest.approx(2 / 3)
     assert summary["scene"] == 0.5 and summary["subject"] == pytest.approx(2 / 3)
+
+
+def test_ceiling_scores_the_true_scenes_through_the_reconstruction():
+    scenes = _scenes(seed=6, count=30)
+    exact = benchmark.reconstructed_scenes(lambda images: images, scenes, SIZE)
+    for image, scene in zip(exact.images, scenes, strict=True):
+        np.testing.assert_array_equal(image, w.render_scene(scene, SIZE)[0])
+    assert exact.summary()["identity"] >= REQUIRED_ACCURACY, exact.summary()
+
+    def grey(images: np.ndarray) -> np.ndarray:
+        return np.repeat(images.mean(-1, keepdims=True), 3, -1).round().astype(np.uint8)
+
+    greyed = benchmark.reconstructed_scenes(grey, scenes, SIZE).summary()
+    assert greyed["colour"] == 0.0, greyed

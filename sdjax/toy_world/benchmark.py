@@ -4,14 +4,17 @@ fresh layouts), each subject given as a reference drawn on white, and the evalua
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from sdjax.models.vae import AutoencoderKL
 from sdjax.sampling import Subject, SubjectDiffusionPipeline, image_grid
-from sdjax.toy_world.evaluate import ImageResult, Request, evaluate_image, summarise
-from sdjax.toy_world.world import Scene, caption, render_reference
+from sdjax.toy_world.evaluate import ImageResult, evaluate_scene, summarise
+from sdjax.toy_world.world import Scene, caption, render_reference, render_scene
 
 REFERENCE_SIZE = 128  # pixels of the reference images a user would draw
 METRICS = ("location", "identity", "class", "scene")
@@ -62,14 +65,34 @@ def sample_scenes(
         progress=True,
         **sampling,
     )
-    pixels = np.round(images * 255).astype(np.uint8)
-    results = [
-        evaluate_image(
-            image, [Request(s.cls, s.look, s.box) for s in scene.subjects], scene.background
-        )
-        for image, scene in zip(pixels, scenes, strict=True)
-    ]
-    return SampledSet(list(scenes), pixels, results)
+    return score_scenes(np.round(images * 255).astype(np.uint8), scenes)
+
+
+def score_scenes(images: np.ndarray, scenes: Sequence[Scene]) -> SampledSet:
+    """Scores (N, H, W, 3) uint8 images, each against its scene."""
+    results = [evaluate_scene(image, scene) for image, scene in zip(images, scenes, strict=True)]
+    return SampledSet(list(scenes), images, results)
+
+
+def reconstructed_scenes(
+    reconstruct: Callable[[np.ndarray], np.ndarray], scenes: Sequence[Scene], image_size: int
+) -> SampledSet:
+    """The ceiling of a latent model: the true scenes through `reconstruct` (uint8 images in and
+    out, e.g. the VAE's encode then decode), scored as samples are. A diffusion model that drew
+    each scene's latents exactly would score this."""
+    truth = np.stack([render_scene(scene, image_size)[0] for scene in scenes])
+    return score_scenes(reconstruct(truth), scenes)
+
+
+def vae_round_trip(vae: AutoencoderKL) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 images → the VAE's decoding of their posterior means, as uint8."""
+    encode_decode = jax.jit(lambda x: vae.decode(vae.encode(x).mean))
+
+    def reconstruct(images: np.ndarray) -> np.ndarray:
+        decoded = np.asarray(encode_decode(jnp.asarray(images, jnp.float32) / 127.5 - 1.0))
+        return np.clip(np.round((decoded + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+    return reconstruct
 
 
 def comparison_grid(sampled: SampledSet, count: int, image_size: int) -> Image.Image:
