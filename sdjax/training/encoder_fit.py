@@ -40,6 +40,7 @@ from sdjax.models.image_encoder import CLIPVisionConfig, CLIPVisionModelWithProj
 from sdjax.models.init import init_module
 from sdjax.models.layers import linear
 from sdjax.stages import Stage
+from sdjax.training.batches import map_batches
 from sdjax.training.metrics import MetricsWriter
 from sdjax.training.optimizer import warmup_cosine_schedule
 
@@ -171,13 +172,7 @@ def predict(
         from_cls, _ = nnx.merge(graphdef, state)(batch)
         return {k: v.argmax(-1) for k, v in from_cls.items()}
 
-    padded = np.concatenate(
-        [pixels, np.zeros((-len(pixels) % batch_size, *pixels.shape[1:]), pixels.dtype)]
-    )
-    parts = [
-        labels_of(state, padded[i : i + batch_size]) for i in range(0, len(padded), batch_size)
-    ]
-    return {k: np.concatenate([np.asarray(p[k]) for p in parts])[: len(pixels)] for k in parts[0]}
+    return map_batches(lambda batch: labels_of(state, batch), pixels, batch_size)
 
 
 def _train(

@@ -59,6 +59,7 @@ from sdjax.models.init import init_module
 from sdjax.models.vae import AutoencoderKL, DiagonalGaussian, VAEConfig
 from sdjax.stages import Stage
 from sdjax.trainer import Preemption
+from sdjax.training.batches import map_batches
 from sdjax.training.checkpoint import Checkpointer
 from sdjax.training.metrics import MetricsWriter
 from sdjax.training.optimizer import warmup_cosine_schedule
@@ -306,18 +307,9 @@ def make_inspect(
     return jax.jit(inspect)
 
 
-def _batched(fn: Callable, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, ...]:
-    """`fn` over `images` in batches of one shape (the last one padded), outputs concatenated."""
-    count = len(images)
-    padding = np.zeros((-count % batch_size, *images.shape[1:]), images.dtype)
-    padded = np.concatenate([images, padding])
-    parts = [fn(padded[i : i + batch_size]) for i in range(0, len(padded), batch_size)]
-    return tuple(np.concatenate([np.asarray(p[k]) for p in parts])[:count] for k in range(2))
-
-
 def held_out_mae(inspect: Callable, params: nnx.State, images: np.ndarray, batch_size: int):
     """(mean absolute reconstruction error, reconstructions) of `images`."""
-    reconstructions, _ = _batched(lambda x: inspect(params, x), images, batch_size)
+    reconstructions, _ = map_batches(lambda x: inspect(params, x), images, batch_size)
     return float(np.mean(np.abs(reconstructions - images))), reconstructions
 
 
@@ -325,7 +317,7 @@ def latent_scaling_factor(
     inspect: Callable, params: nnx.State, images: np.ndarray, batch_size: int
 ) -> float:
     """1 / std of the sampled latents of `images` (how SD's 0.18215 was found)."""
-    _, latents = _batched(lambda x: inspect(params, x), images, batch_size)
+    _, latents = map_batches(lambda x: inspect(params, x), images, batch_size)
     return float(1.0 / np.std(latents))
 
 
