@@ -37,13 +37,14 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # Imported here so that --help answers without loading JAX and TensorFlow.
     cli.quiet_tensorflow()
-    from sdjax.compilation import add_xla_flags
+    from sdjax.compilation import add_xla_flags, enable_compilation_cache
     from sdjax.training.vae_fit import fit_vae
     from sdjax.training.workdir_lock import workdir_lock
 
     logging.set_verbosity(logging.WARNING)
     add_xla_flags()  # read when JAX starts its backend, below
     config = flags.FLAGS.config
+    enable_compilation_cache(config.compilation_cache)
     if flags.FLAGS.data:
         config.vae_fit.file_pattern = flags.FLAGS.data
     if not config.vae_fit.file_pattern:

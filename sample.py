@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from sdjax.compilation import add_xla_flags
+from sdjax.compilation import add_xla_flags, enable_compilation_cache
 from sdjax.sampling import SamplingInputError, Subject, SubjectDiffusionPipeline, image_grid
 from sdjax.sampling.layout import check_box
 from sdjax.sampling.subjects import read_subject
@@ -120,6 +120,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, help="default: the training resolution")
     parser.add_argument("--batch_size", type=int, help="images per compiled call")
     parser.add_argument("--out", default="samples", help="output folder (%(default)s)")
+    parser.add_argument(
+        "--compilation_cache",
+        default="auto",
+        help="JAX's persistent compilation cache: a folder, auto or off (%(default)s)",
+    )
     return parser.parse_args(argv)
 
 
@@ -154,6 +159,7 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     add_xla_flags()  # read when JAX starts its backend, below
+    enable_compilation_cache(args.compilation_cache)
     warnings.showwarning = show_warning
     try:
         subjects = load_subjects(getattr(args, SUBJECT_KEY) or [])

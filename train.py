@@ -68,12 +68,13 @@ def main(argv: list[str]) -> None:
     cli.quiet_tensorflow()
     from data.build_sample import build_sample_records
     from sdjax import export, trainer
-    from sdjax.compilation import add_xla_flags
+    from sdjax.compilation import add_xla_flags, enable_compilation_cache
     from sdjax.training.workdir_lock import workdir_lock
 
     logging.set_verbosity(logging.WARNING)
     add_xla_flags()  # read when JAX starts its backend, below
     config = flags.FLAGS.config
+    enable_compilation_cache(config.compilation_cache)
     workdir = Path(flags.FLAGS.workdir or config.workdir)
     # Every host of a multi-host run runs this; there process 0 locks, in `trainer.train`.
     single_host = not trainer.distributed_requested(config)

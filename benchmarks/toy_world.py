@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sdjax.compilation import add_xla_flags  # noqa: E402
+from sdjax.compilation import add_xla_flags, enable_compilation_cache  # noqa: E402
 
 # Config overrides of each setting, as train.py flags.
 SETTINGS: dict[str, tuple[str, ...]] = {
@@ -164,6 +164,7 @@ def write_docs(markdown: str, command: str, wall_seconds: float) -> None:
 def main() -> None:
     args = parse_args()
     add_xla_flags()
+    enable_compilation_cache()
     from sdjax.toy_world.benchmark import comparison_grid
 
     started = time.perf_counter()

@@ -11,6 +11,9 @@ def base_config(resolution: int) -> ConfigDict:
     c = ConfigDict()
     c.seed = 0
     c.workdir = ""  # empty: ./runs/<config name>
+    # JAX's persistent compilation cache: a folder (shared by a pod's processes), `auto`
+    # ($SDJAX_COMPILATION_CACHE, else ~/.cache/sdjax/jax-compilation) or `off`.
+    c.compilation_cache = "auto"
 
     c.model = ConfigDict()
     c.model.pretrained = (
