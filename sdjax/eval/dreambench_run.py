@@ -25,7 +25,6 @@ from sdjax.eval.report import (
 from sdjax.eval.scores import Summary, aggregate
 from sdjax.eval.tasks import Task, build_tasks, read_reference
 from sdjax.sampling import SubjectDiffusionPipeline
-from sdjax.sharding import mesh_shape
 
 MODES = ("single", "two")
 IMAGES_FOLDER = "images"
@@ -58,7 +57,12 @@ def subject_groups(bench: DreamBench, mode: str, pairs: Path) -> list[tuple[Drea
 def pipeline_devices(config: ConfigDict) -> list[jax.Device]:
     """This host's devices that each batch is split over (`mesh.data`, -1: all)."""
     local = jax.local_devices()
-    return local[: mesh_shape({"data": config.mesh.data}, len(local))["data"]]
+    count = config.mesh.data
+    if count == -1:
+        return local
+    if not 1 <= count <= len(local):
+        raise ValueError(f"mesh.data={count}; this host has {len(local)} devices (-1: all)")
+    return local[:count]
 
 
 def draw(paths: RunPaths, config: ConfigDict, tasks: list[Task], progress: bool) -> int:
