@@ -64,13 +64,14 @@ def one_line_errors(main: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
-def parse_absl_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing for `app.run(..., flags_parser=...)`, with a bad flag or config override
-    (`--config.train.num_stepz=5`) reported in one line and exit code 2."""
+def parse_absl_flags(argv: list[str], flag_values: Any = None) -> list[str]:
+    """absl's flag parsing for `app.run(..., flags_parser=...)` (of `flag_values`, default the
+    global flags), with a bad flag or config override (`--config.train.num_stepz=5`) reported
+    in one line and exit code 2."""
     from absl import flags
 
     try:
-        return flags.FLAGS(argv)
+        return (flag_values or flags.FLAGS)(argv)
     except (flags.Error, AttributeError, *USER_ERRORS) as error:
         if os.environ.get(TRACEBACK_ENV):
             raise

@@ -10,9 +10,19 @@ import numpy as np
 from sdjax.models.image_encoder import CLIPVisionConfig, CLIPVisionModelWithProjection
 from sdjax.models.layers import DType
 from sdjax.models.text_encoder import CLIPTextConfig, CLIPTextModel
-from sdjax.weights.core import load_module, read_config, read_safetensors_folder
+from sdjax.models.text_projection import CLIPTextModelWithProjection
+from sdjax.weights.core import (
+    expect_model_type,
+    load_module,
+    read_config,
+    read_safetensors_folder,
+)
 
 TEXT_PREFIX = "text_model."
+TEXT_PROJECTION_PREFIXES = (TEXT_PREFIX, "text_projection.")
+CLIP_MODEL_TYPES = ("clip", "clip_text_model")
+DEFAULT_EOS_ID = 49407  # transformers' CLIPTextConfig default
+DEFAULT_PROJECTION_DIM = 512
 VISION_PREFIXES = ("vision_model.", "visual_projection.")
 BUFFERS = (r"\.position_ids$",)
 VISION_RENAMES = ((r"\.pre_layernorm\.", ".pre_layrnorm."),)
@@ -63,5 +73,29 @@ def load_image_encoder(
         lambda rngs: CLIPVisionModelWithProjection(config, rngs=rngs),
         tensors,
         renames=VISION_RENAMES,
+        ignore=BUFFERS,
+    )
+
+
+def load_text_projection(
+    path: str | Path, *, dtype: DType = jnp.float32
+) -> CLIPTextModelWithProjection:
+    """The projected text tower of a transformers `CLIPModel` (or `CLIPTextModelWithProjection`)
+    folder, for CLIP-T; any other model type is a `WeightLoadError` naming it."""
+    folder = Path(path)
+    raw_config = read_config(folder)
+    expect_model_type(raw_config, folder, CLIP_MODEL_TYPES)
+    text = dict(raw_config.get("text_config", raw_config))
+    projection_dim = raw_config.get("projection_dim", DEFAULT_PROJECTION_DIM)
+    eos_token_id = text.get("eos_token_id", DEFAULT_EOS_ID)
+    config = CLIPTextConfig.from_hf(text, dtype=dtype)
+    tensors = {
+        k: v
+        for k, v in read_safetensors_folder(folder).items()
+        if k.startswith(TEXT_PROJECTION_PREFIXES)
+    }
+    return load_module(
+        lambda rngs: CLIPTextModelWithProjection(config, projection_dim, eos_token_id, rngs=rngs),
+        tensors,
         ignore=BUFFERS,
     )

@@ -73,6 +73,17 @@ def read_config(folder: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def expect_model_type(config: dict, folder: str | Path, expected: Sequence[str]) -> None:
+    """A `WeightLoadError` naming the folder and both types unless `config`'s `model_type` is one
+    of `expected` (a folder of another model would otherwise fail key by key)."""
+    found = config.get("model_type")
+    if found not in expected:
+        raise WeightLoadError(
+            f"{folder} holds a {found!r} model (config.json model_type); expected "
+            + " or ".join(repr(e) for e in expected)
+        )
+
+
 def torch_key(path: NnxPath, renames: Sequence[tuple[str, str]] = ()) -> str:
     """The PyTorch state-dict key of an NNX parameter path."""
     *parents, leaf = (str(p) for p in path)
