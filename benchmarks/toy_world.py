@@ -64,6 +64,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--no_control", action="store_true", help="skip the dropped-reference control"
     )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="a config override for every setting and the shared stages, as train.py takes it "
+        "(repeatable), e.g. --override=--config.vae_fit.num_steps=1500",
+    )
     parser.add_argument("--docs", action="store_true", help="write the table and grids into docs/")
     args = parser.parse_args()
     unknown = sorted(set(args.settings.split(",")) - set(SETTINGS))
@@ -81,6 +88,7 @@ def train_setting(name: str, args: argparse.Namespace) -> tuple[Path, float]:
         f"--workdir={workdir / name}",
         f"--config.stages_dir={workdir}",
         *SETTINGS[name],
+        *args.override,
     ]
     if args.steps:
         command.append(f"--config.train.num_steps={args.steps}")
