@@ -7,8 +7,12 @@ Layout (format `sdjax`, what `SubjectDiffusionPipeline.from_pretrained` and
 `text_encoder/`, `image_encoder/` in the diffusers/transformers safetensors layouts (the UNet with
 its 5 input channels and the gated adapters under `fuser`, as diffusers' GLIGEN names them);
 `tokenizer/`; `scheduler/scheduler_config.json`; `subject_modules.safetensors` (grounding net and
-CLS projector). Format `diffusers` writes the UNet without adapters and without sdjax's config
-keys, and puts the adapters into `subject_modules.safetensors` instead.
+CLS projector). Format `diffusers` writes the UNet as diffusers' GLIGEN layout
+(`attention_type: "gated"`, the adapters under `fuser`), without sdjax's config keys: it loads in
+`UNet2DConditionModel.from_pretrained`, which builds a `position_net` of its own that this folder
+has no weights for (sdjax's grounding net is another network, in `subject_modules.safetensors`):
+replace it by a module returning the grounding tokens it is given, and pass them as
+`cross_attention_kwargs={"gligen": {...}}`.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from sdjax.weights.subject_diffusion import (
     SUBJECT_MODULES_FILE,
     tuples_from_json,
 )
-from sdjax.weights.unet import ADAPTER_MARK, UNET_RENAMES
+from sdjax.weights.unet import UNET_RENAMES
 from sdjax.weights.vae import RENAMES as VAE_RENAMES
 
 SDJAX_UNET_KEYS = ("grounding_dim", "use_adapter", "attention_map_factors")
@@ -50,10 +54,20 @@ IMAGE_ENCODER_WEIGHTS = "model.safetensors"
 
 
 def unet_config_json(config: UNetConfig, with_sdjax_keys: bool) -> dict:
-    """A diffusers `UNet2DConditionModel` config.json (plus sdjax's adapter keys if asked)."""
+    """A diffusers `UNet2DConditionModel` config.json: with sdjax's adapter keys, or in diffusers'
+    GLIGEN form (`attention_type` "gated" when the UNet has adapters)."""
     values = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_SAVED}
-    if not with_sdjax_keys:
-        values = {k: v for k, v in values.items() if k not in SDJAX_UNET_KEYS}
+    if with_sdjax_keys:
+        return {"_class_name": "UNet2DConditionModel", **values}
+    values = {k: v for k, v in values.items() if k not in SDJAX_UNET_KEYS}
+    if config.use_adapter:
+        if config.grounding_dim != config.cross_attention_dim:
+            raise ValueError(
+                f"format diffusers: the UNet's grounding_dim {config.grounding_dim} must equal its "
+                f"cross_attention_dim {config.cross_attention_dim} (diffusers' GLIGEN adapters "
+                "read tokens of the cross-attention width); export with format sdjax"
+            )
+        values["attention_type"] = "gated"
     return {"_class_name": "UNet2DConditionModel", **values}
 
 
@@ -131,15 +145,10 @@ def export_model(
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
 
-    unet = _cast(export_state(model.unet, UNET_RENAMES), dtype)
-    adapters = {k: v for k, v in unet.items() if ADAPTER_MARK in k}
-    keep_adapters = fmt == "sdjax"
-    if not keep_adapters:
-        unet = {k: v for k, v in unet.items() if ADAPTER_MARK not in k}
     _write(
         out / "unet",
-        unet_config_json(model.unet.config, with_sdjax_keys=keep_adapters),
-        unet,
+        unet_config_json(model.unet.config, with_sdjax_keys=fmt == "sdjax"),
+        _cast(export_state(model.unet, UNET_RENAMES), dtype),
         "diffusion_pytorch_model.safetensors",
     )
     _write(
@@ -159,8 +168,6 @@ def export_model(
     for name in SUBJECT_MODULES:
         for key, value in export_state(getattr(model, name)).items():
             subject[f"{name}.{key}"] = value
-    if not keep_adapters:
-        subject.update({f"unet.{k}": v for k, v in adapters.items()})
     _save_tensors(_cast(subject, dtype), out / SUBJECT_MODULES_FILE)
     load_tokenizer(tokenizer_dir).save_pretrained(str(out / "tokenizer"))
     scheduler = out / "scheduler"

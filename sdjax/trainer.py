@@ -339,8 +339,13 @@ def _train(
     status("data", f"input pipeline ready, batch {config.data.batch_size}")
 
     run = build_run(config, mesh)
-    count = sum(x.size for x in jax.tree.leaves((run.state.params, run.frozen)))
-    status("model", f"{count / 1e6:.1f}M parameters on a {dict(mesh.shape)} mesh")
+    counts = trainable.parameter_counts(run.state.params, run.frozen)
+    total = sum(trained + fixed for trained, fixed in counts.values())
+    status(
+        "model",
+        f"{total / 1e6:.1f}M parameters on a {dict(mesh.shape)} mesh, per part:\n"
+        + trainable.parameter_overview(counts),
+    )
     compile_step(run, config, mesh)
     status("compile", "train step compiled")
     state, frozen, step_fn = run.state, run.frozen, run.step_fn

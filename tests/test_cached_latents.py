@@ -1,6 +1,11 @@
 """VAE latents cached in the records: written by data/cache_latents.py, read by the pipeline,
 used by the training step instead of the VAE encoder."""
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
@@ -13,6 +18,7 @@ from sdjax.input_pipeline import pipeline
 from sdjax.input_pipeline.reasons import DataError
 from tests.training_config import micro_config
 
+REPO = Path(__file__).resolve().parents[1]
 FLOAT16_TOLERANCE = 2e-3  # moments are stored in float16 (relative spacing 2**-10)
 STEP_TOLERANCE = 1e-3  # the same step from float16-rounded moments
 
@@ -88,3 +94,34 @@ def test_cached_latents_need_the_centred_crop(config, cached):
     data = _reader(config, str(out / "*"), cached_latents=True, crop="random")
     with pytest.raises(ValueError, match="crop='centred'"):
         pipeline.build_dataset(data)
+
+
+def test_command_line_caches_its_share_of_the_files(sample_files, tmp_path):
+    """`data/cache_latents.py` as run by a user: the flags, this machine's share of the files,
+    the report line, records the trainer's reader accepts with `cached_latents`."""
+    script = [sys.executable, str(REPO / "data" / "cache_latents.py")]
+    config = "--config=tests/training_config.py"
+    common = [config, f"--input={','.join(sample_files)}", f"--output_dir={tmp_path}"]
+    done = subprocess.run(
+        [*script, *common, "--num_shards=2", "--shard_index=1", "--batch_size=2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    share = sorted(sample_files)[1::2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(Path(p).name for p in share)
+    assert re.search(rf"\d+ records with latents, \d+ copied .*, {len(share)} files", done.stdout)
+    data = micro_config(str(tmp_path / "*"), batch_size=1).data
+    data.update({"crop": "centred", "shuffle_buffer": 1, "cached_latents": True})
+    assert "latent_moments" in next(pipeline.make_iterator(data))
+
+    bad = subprocess.run(
+        [*script, *common, "--num_shards=2", "--shard_index=2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert bad.returncode != 0 and "--shard_index=2 not in [0, 2)" in bad.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -64,6 +65,25 @@ def trainable_filter(patterns: Sequence[str]):
         return any(p.search(key) for p in compiled)
 
     return select
+
+
+def parameter_counts(params: nnx.State, frozen: nnx.State) -> dict[str, tuple[int, int]]:
+    """Trained and frozen parameter counts per part (the first path element), in model order."""
+    counts: dict[str, list[int]] = {}
+    for column, state in enumerate((params, frozen)):
+        for path, var in nnx.to_flat_state(state):
+            if isinstance(var, nnx.Param):
+                counts.setdefault(str(path[0]), [0, 0])[column] += math.prod(var.get_value().shape)
+    return {part: (trained, fixed) for part, (trained, fixed) in counts.items()}
+
+
+def parameter_overview(counts: dict[str, tuple[int, int]]) -> str:
+    """One line per part: `  unet            trained    12.3M  frozen   853.2M`."""
+    width = max(len(part) for part in counts)
+    return "\n".join(
+        f"  {part:<{width}}  trained {trained / 1e6:9.2f}M  frozen {fixed / 1e6:9.2f}M"
+        for part, (trained, fixed) in counts.items()
+    )
 
 
 def frozen_in_compute_dtype(frozen: nnx.State, dtype: Any) -> nnx.State:
