@@ -30,7 +30,13 @@ from sdjax.compilation import add_xla_flags
 from sdjax.sampling import SamplingInputError, Subject, SubjectDiffusionPipeline, image_grid
 from sdjax.sampling.layout import check_box
 from sdjax.sampling.segment import ModelFolderError, SamSegmenter, export_segmenter
-from sdjax.sampling.subjects import Segmenter, cut_out, read_subject, subject_box
+from sdjax.sampling.subjects import (
+    Segmenter,
+    SegmenterNotice,
+    cut_out,
+    read_subject,
+    subject_box,
+)
 from sdjax.schedulers import SAMPLERS
 from sdjax.weights.core import WeightLoadError
 
@@ -143,7 +149,9 @@ def load_subjects(
     subjects = []
     for i, spec in enumerate(specs):
         named = Subject(**spec)
-        pixels, mask = read_subject(named, segmenter)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SegmenterNotice)  # the pipeline gives it, once
+            pixels, mask = read_subject(named, segmenter)
         if segmenter is not None and out is not None and named.mask is None:
             out.mkdir(parents=True, exist_ok=True)
             cut = cut_out(pixels, mask, subject_box(named, mask))
@@ -167,7 +175,8 @@ def load_subjects(
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    kind = "note" if issubclass(category, SegmenterNotice) else "warning"
+    print(f"{kind}: {message}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

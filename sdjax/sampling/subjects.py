@@ -85,6 +85,10 @@ def _open(source: ImageLike, what: str) -> Image.Image:
         raise SamplingInputError(f"cannot read {what} {str(source)!r}: {error}") from None
 
 
+class SegmenterNotice(UserWarning):
+    """A subject goes to the image encoder uncut: it has no mask and there is no segmenter."""
+
+
 def segment(subject: Subject, pixels: np.ndarray, segmenter: Segmenter | None) -> np.ndarray | None:
     """The segmenter's mask of a subject given without one, prompted with its box (else the
     whole image); None, with a one-line notice, when there is no segmenter."""
@@ -92,6 +96,7 @@ def segment(subject: Subject, pixels: np.ndarray, segmenter: Segmenter | None) -
         warnings.warn(
             f"{subject.name} has no mask and no segmenter is configured: the image encoder sees "
             "its box with the background (give a mask, or a segmenter: sample.py --segmenter)",
+            SegmenterNotice,
             stacklevel=1,  # one location: repeated notices for one subject show once
         )
         return None
