@@ -255,3 +255,18 @@ def test_a_model_folder_of_the_wrong_type_is_named(options, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main([str(tmp_path), "--out", "o", "--shard", "3/2", *_model_flags(options)])
     assert "0 <= i < n" in capsys.readouterr().err
+
+
+def test_inputs_from_folders_lists_and_tars(tmp_path):
+    import tarfile
+
+    shutil.copy(PHOTOS / "coffee.jpg", tmp_path / "coffee.jpg")
+    (tmp_path / "list.txt").write_text("coffee.jpg\n\n")
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        tar.add(PHOTOS / "clock.jpg", arcname="0001.jpg")
+        tar.add(tmp_path / "list.txt", arcname="0001.txt")
+    refs = list_images([str(tmp_path / "list.txt"), str(tmp_path / "shard.tar")])
+    assert [r.key for r in refs] == ["coffee.jpg", "shard/0001.jpg"]
+    assert refs[1].read() == (PHOTOS / "clock.jpg").read_bytes()
+    with pytest.raises(ValueError, match="'coffee.jpg' found twice"):
+        list_images([str(tmp_path / "list.txt"), str(tmp_path / "coffee.jpg")])
