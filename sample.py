@@ -7,9 +7,12 @@
         --num_images 4 --seed 0 --out samples/
     python sample.py --checkpoint runs/tiny/export --prompt "a cat on the beach" \\
         --subject cat.png --mask cat_mask.png --label cat
+    python sample.py --prompt "a cat on the beach" --subject photo.jpg --crop 0.1,0.2,0.6,0.9 \\
+        --label cat --segmenter /models/sam-vit-huge     # cut out by Segment Anything
 
 `--box`, `--crop`, `--mask` and `--label` describe the `--subject` given before them. Writes
-`image_000.png`, ... and `grid.png` into `--out`. Bad input is reported in one line (exit 1);
+`image_000.png`, ... and `grid.png` into `--out`, and `subject_0_cutout.png`, ... for each
+subject a segmenter cut out. Bad input is reported in one line (exit 1);
 bad flags exit 2.
 """
 
@@ -21,15 +24,25 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from PIL import Image
+
 from sdjax.compilation import add_xla_flags, enable_compilation_cache
 from sdjax.sampling import SamplingInputError, Subject, SubjectDiffusionPipeline, image_grid
 from sdjax.sampling.layout import check_box
-from sdjax.sampling.subjects import read_subject
+from sdjax.sampling.segment import ModelFolderError, SamSegmenter, export_segmenter
+from sdjax.sampling.subjects import (
+    Segmenter,
+    SegmenterNotice,
+    cut_out,
+    read_subject,
+    subject_box,
+)
 from sdjax.schedulers import SAMPLERS
 from sdjax.weights.core import WeightLoadError
 
 DEFAULT_CHECKPOINT = "runs/toy_world/export"
 SUBJECT_KEY = "subjects"
+CUTOUT = "subject_{}_cutout.png"
 
 
 def parse_floats(text: str, count: int, what: str) -> tuple[float, ...]:
@@ -103,6 +116,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     group.add_argument(
         "--label", dest="label", help="its word in the prompt (default: file name)", **subject
     )
+    parser.add_argument(
+        "--segmenter",
+        help="transformers SamModel folder that cuts out subjects given without --mask "
+        "(default: the export's sampling.segmenter, if any)",
+    )
     parser.add_argument("--num_images", type=int, default=4, help="(%(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="(%(default)s)")
     parser.add_argument("--steps", type=int, help="default: the config's sampling.steps")
@@ -128,12 +146,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_subjects(specs: Sequence[dict]) -> list[Subject]:
-    """Subjects with their files read now, so a bad file fails before the model loads."""
+def load_subjects(
+    specs: Sequence[dict], segmenter: Segmenter | None = None, out: Path | None = None
+) -> list[Subject]:
+    """Subjects with their files read now, so a bad file fails before the model loads; a
+    segmenter's cut-outs are saved into `out` as `subject_{i}_cutout.png`."""
     subjects = []
-    for spec in specs:
+    for i, spec in enumerate(specs):
         named = Subject(**spec)
-        pixels, mask = read_subject(named)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SegmenterNotice)  # the pipeline gives it, once
+            pixels, mask = read_subject(named, segmenter)
+        if segmenter is not None and out is not None and named.mask is None:
+            out.mkdir(parents=True, exist_ok=True)
+            cut = cut_out(pixels, mask, subject_box(named, mask))
+            Image.fromarray(cut).save(out / CUTOUT.format(i))
         if not named.label:
             print(
                 f"note: {named.image} is labelled {named.resolved_label()!r} in the prompt (its "
@@ -153,7 +180,8 @@ def load_subjects(specs: Sequence[dict]) -> list[Subject]:
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    kind = "note" if issubclass(category, SegmenterNotice) else "warning"
+    print(f"{kind}: {message}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,8 +190,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     enable_compilation_cache(args.compilation_cache)
     warnings.showwarning = show_warning
     try:
-        subjects = load_subjects(getattr(args, SUBJECT_KEY) or [])
-        pipe = SubjectDiffusionPipeline.from_pretrained(args.checkpoint, batch_size=args.batch_size)
+        folder = args.segmenter or export_segmenter(args.checkpoint)
+        segmenter = SamSegmenter(folder) if folder else None
+        out = Path(args.out)
+        subjects = load_subjects(getattr(args, SUBJECT_KEY) or [], segmenter, out)
+        pipe = SubjectDiffusionPipeline.from_pretrained(
+            args.checkpoint,
+            batch_size=args.batch_size,
+            segmenter=None,  # cut out above
+        )
         images = pipe(
             args.prompt,
             subjects,
@@ -180,10 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             interpolation=args.interpolation,
             progress=True,
         )
-    except (SamplingInputError, WeightLoadError, OSError) as error:
+    except (SamplingInputError, WeightLoadError, ModelFolderError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):
         image.save(out / f"image_{i:03d}.png")

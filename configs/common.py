@@ -89,6 +89,8 @@ def base_config(resolution: int) -> ConfigDict:
     c.sampling.guidance_text = 7.5
     c.sampling.guidance_image = 1.5
     c.sampling.adapter_scale = 1.0
+    # A transformers SamModel folder that cuts out subjects given without a mask ("": none).
+    c.sampling.segmenter = ""
 
     c.export = ConfigDict()
     c.export.weights = "ema"  # ema (when trained with one) | raw

@@ -26,7 +26,7 @@ from sdjax.input_pipeline import schema
 
 # Re-encoded when the source image is neither JPEG nor PNG.
 _KEPT_FORMATS = {"JPEG": "jpeg", "PNG": "png"}
-_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 # How many skipped records a report names, so a large build's report stays readable.
 _LISTED_SKIPS = 20
 
@@ -268,7 +268,7 @@ def build_example(image: RawImage, options: BuildOptions) -> Outcome:
         return skipped(Reason.UNREADABLE_IMAGE, str(error))
     try:
         encoded, image_format, height, width = read_image(data)
-    except _IMAGE_ERRORS as error:
+    except IMAGE_ERRORS as error:
         return skipped(Reason.CORRUPT_IMAGE, str(error))
     if not isinstance(image.caption, str) or not image.caption.strip():
         return skipped(Reason.MISSING_CAPTION, repr(image.caption))

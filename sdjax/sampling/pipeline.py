@@ -41,7 +41,8 @@ from sdjax.sampling.guidance import (
 from sdjax.sampling.images import to_pil
 from sdjax.sampling.layout import RandomLayout, check_image_size, location_mask, resolve_layouts
 from sdjax.sampling.prompts import prompt_ids
-from sdjax.sampling.subjects import Subject, read_subject, reference_image, subject_box
+from sdjax.sampling.segment import SamSegmenter
+from sdjax.sampling.subjects import Segmenter, Subject, read_subject, reference_image, subject_box
 from sdjax.schedulers import (
     SAMPLERS,
     Sampler,
@@ -168,7 +169,9 @@ class SubjectDiffusionPipeline:
     defaults; `train.vae_scaling_factor`). tokenizer: CLIP BPE (default: the bundled one).
     devices: the devices to split each batch over (default: all local devices). batch_size:
     images per compiled call, a multiple of the device count (default: up to
-    `DEFAULT_PER_DEVICE_BATCH` per device, fewer for fewer images).
+    `DEFAULT_PER_DEVICE_BATCH` per device, fewer for fewer images). segmenter: cuts out subjects
+    given without a mask (`sdjax.sampling.segment.SamSegmenter`; `from_pretrained` loads the one
+    the export records in `sampling.segmenter`); None keeps their box with its background.
     """
 
     def __init__(
@@ -179,8 +182,10 @@ class SubjectDiffusionPipeline:
         *,
         devices: Sequence[jax.Device] | None = None,
         batch_size: int | None = None,
+        segmenter: Segmenter | None = None,
     ):
         self.config = config
+        self.segmenter = segmenter
         self.tokenizer = tokenizer or load_tokenizer()
         self.devices = list(devices or jax.local_devices())
         if batch_size is not None and (batch_size <= 0 or batch_size % len(self.devices)):
@@ -222,6 +227,8 @@ class SubjectDiffusionPipeline:
                 "`python -m sdjax.export` exports a training run)"
             )
         model, config = load_subject_diffusion(path)
+        if "segmenter" not in kwargs and config.sampling.get("segmenter"):
+            kwargs["segmenter"] = SamSegmenter(config.sampling.segmenter)
         return cls(model, config, load_tokenizer(path), **kwargs)
 
     def __call__(
@@ -398,7 +405,7 @@ class SubjectDiffusionPipeline:
         own_boxes = []
         augment = self.config.data.augment
         for i, subject in enumerate(subjects):
-            image, mask = read_subject(subject)
+            image, mask = read_subject(subject, self.segmenter)
             own_boxes.append(subject_box(subject, mask))
             pixels[i] = reference_image(
                 image, mask, own_boxes[-1], self.subject_size, augment.clip_mean, augment.clip_std

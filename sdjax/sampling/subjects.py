@@ -8,7 +8,8 @@ training prepares its white-background subject images (`sdjax.input_pipeline.aug
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,9 @@ from sdjax.sampling.layout import Box, check_box
 ImageLike = str | Path | Image.Image | np.ndarray
 WHITE = 255
 MASK_THRESHOLD = 0.5  # mask pixels (scaled to [0, 1]) above this are the subject
+WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0)
+# (H, W, 3) uint8 pixels and a normalised box -> the (H, W) bool mask of the subject in it.
+Segmenter = Callable[[np.ndarray, Box], np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,15 +85,42 @@ def _open(source: ImageLike, what: str) -> Image.Image:
         raise SamplingInputError(f"cannot read {what} {str(source)!r}: {error}") from None
 
 
-def read_subject(subject: Subject) -> tuple[np.ndarray, np.ndarray | None]:
-    """The subject's RGB pixels (H, W, 3) uint8 and its mask (H, W) bool, or None."""
+class SegmenterNotice(UserWarning):
+    """A subject goes to the image encoder uncut: it has no mask and there is no segmenter."""
+
+
+def segment(subject: Subject, pixels: np.ndarray, segmenter: Segmenter | None) -> np.ndarray | None:
+    """The segmenter's mask of a subject given without one, prompted with its box (else the
+    whole image); None, with a one-line notice, when there is no segmenter."""
+    if segmenter is None:
+        warnings.warn(
+            f"{subject.name} has no mask and no segmenter is configured: the image encoder sees "
+            "its box with the background (give a mask, or a segmenter: sample.py --segmenter)",
+            SegmenterNotice,
+            stacklevel=1,  # one location: repeated notices for one subject show once
+        )
+        return None
+    box = WHOLE_IMAGE if subject.box is None else check_box(subject.box, f"box of {subject.name}")
+    mask = np.asarray(segmenter(pixels, box), bool)
+    if not mask.any():
+        raise SamplingInputError(f"the segmenter found nothing in the box {box} of {subject.name}")
+    return mask
+
+
+def read_subject(
+    subject: Subject, segmenter: Segmenter | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The subject's RGB pixels (H, W, 3) uint8 and its mask (H, W) bool, or None.
+
+    The mask is the given one, else the image's alpha channel, else the segmenter's cut-out.
+    """
     image = _open(subject.image, "subject image")
     alpha = None
     if image.mode in ("RGBA", "LA") or "transparency" in image.info:
         alpha = np.asarray(image.convert("RGBA"))[..., 3] > WHITE * MASK_THRESHOLD
     pixels = np.asarray(image.convert("RGB"))
     if subject.mask is None:
-        return pixels, alpha
+        return pixels, alpha if alpha is not None else segment(subject, pixels, segmenter)
     mask_image = _open(subject.mask, f"mask of {subject.name}")
     if mask_image.size != image.size:
         width, height = mask_image.size
@@ -124,6 +155,19 @@ def subject_box(
     return None if mask is None else mask_box(mask, subject.name)
 
 
+def cut_out(pixels: np.ndarray, mask: np.ndarray | None, box: Box | None) -> np.ndarray:
+    """The subject on white: (h, w, 3) uint8, white outside the mask, cut to the normalised box
+    (None: the whole image)."""
+    if mask is not None:
+        pixels = np.where(mask[..., None], pixels, WHITE).astype(np.uint8)
+    height, width = pixels.shape[:2]
+    x0, y0, x1, y1 = box if box is not None else WHOLE_IMAGE
+    return pixels[  # non-empty: x0 < x1 gives floor(x0 * W) < ceil(x1 * W)
+        int(np.floor(y0 * height)) : int(np.ceil(y1 * height)),
+        int(np.floor(x0 * width)) : int(np.ceil(x1 * width)),
+    ]
+
+
 def reference_image(
     pixels: np.ndarray,
     mask: np.ndarray | None,
@@ -135,17 +179,10 @@ def reference_image(
     """The encoder's view of a subject: (size, size, 3) float32, CLIP-normalised.
 
     pixels (H, W, 3) uint8; mask (H, W) bool or None; box: normalised (`subject_box`), None for
-    the whole image. Outside the mask is white; the image is cut to the box, padded to a square
-    with white (centred) and resized bilinearly with antialiasing.
+    the whole image. The `cut_out` is padded to a square with white (centred) and resized
+    bilinearly with antialiasing.
     """
-    if mask is not None:
-        pixels = np.where(mask[..., None], pixels, WHITE).astype(np.uint8)
-    height, width = pixels.shape[:2]
-    x0, y0, x1, y1 = box if box is not None else (0.0, 0.0, 1.0, 1.0)
-    crop = pixels[  # non-empty: x0 < x1 gives floor(x0 * W) < ceil(x1 * W)
-        int(np.floor(y0 * height)) : int(np.ceil(y1 * height)),
-        int(np.floor(x0 * width)) : int(np.ceil(x1 * width)),
-    ]
+    crop = cut_out(pixels, mask, box)
     side = max(crop.shape[:2])
     canvas = np.full((side, side, 3), WHITE, np.uint8)
     top, left = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
