@@ -43,6 +43,9 @@ def base_config(resolution: int) -> ConfigDict:
     c.train.sample_images = 2
     c.train.lambda_attn = 0.01
     c.train.attention_loss = "balanced_l1"  # balanced_l1 (reference code) | l1 (paper)
+    # per_token: over every supervised (sample, token) | per_sample: the reference code's mean
+    # over each sample's tokens, then over the batch (a text-dropped sample counts as 0)
+    c.train.attention_normalisation = "per_token"
     c.train.masked_diffusion_loss = False
     c.train.snr_gamma = (
         0.0  # > 0: min-SNR-gamma weights on the diffusion loss (0: SPEC's plain MSE)

@@ -4,6 +4,9 @@ Set `--config.model.pretrained=/path/to/stable-diffusion-2-base` and
 `--config.model.image_encoder_path=/path/to/CLIP-ViT-H-14` (a transformers
 CLIPVisionModelWithProjection folder). The sizes below equal those releases' config.json files and
 are used when a part is built without weights (ahead-of-time compilation, benchmarks).
+
+`--config=configs/sd2_base.py:reference` is the authors' recipe as their public code runs it
+(docs/authors_recipe.md lists every setting it changes and every difference that remains).
 """
 
 from ml_collections import ConfigDict
@@ -11,9 +14,30 @@ from ml_collections import ConfigDict
 from configs.common import base_config
 
 RESOLUTION = 512
+VARIANTS = ("", "reference")
 
 
-def get_config() -> ConfigDict:
+def reference_recipe(c: ConfigDict) -> None:
+    """The authors' settings where sdjax's default differs (docs/authors_recipe.md)."""
+    c.optimizer.grad_clip_norm = 0.0  # their DeepSpeed config and train.sh set no clipping
+    c.train.attention_normalisation = "per_sample"
+    c.data.entity_token = "last"
+    c.data.crop_contains = "all"
+    c.data.filters.box_fill = "label_map"
+    c.data.background = "procedural"  # "folder" with data.background_dir: theirs is BG-20k
+    c.data.dropout.subjects = 0.0  # the grounding tokens are never dropped
+    c.model.new_layer_init = "torch_linear"
+    c.sampling.sampler = "pndm"
+    c.sampling.steps = 50
+    c.sampling.guidance_text = 7.5
+    c.sampling.guidance_image = 1.5
+    c.sampling.outside_window = "base_model"
+
+
+def get_config(variant: str = "") -> ConfigDict:
+    """SD 2 base with sdjax's defaults, or (`variant="reference"`) the authors' recipe."""
+    if variant not in VARIANTS:
+        raise ValueError(f"configs/sd2_base.py variant {variant!r}; known: {list(VARIANTS)}")
     c = base_config(RESOLUTION)
     c.workdir = "runs/sd2_base"
     c.model.dtype = "bfloat16"
@@ -64,4 +88,7 @@ def get_config() -> ConfigDict:
     c.data.batch_size = 256
     c.mesh.data = -1
     c.mesh.fsdp = 1
+    if variant == "reference":
+        c.workdir = "runs/sd2_base_reference"
+        reference_recipe(c)
     return c

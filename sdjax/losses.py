@@ -44,6 +44,11 @@ def l1(attention: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 ATTENTION_LOSSES = {"balanced_l1": balanced_l1, "l1": l1}
+# How the (B, K) token losses become one number: "per_token" averages over every supervised
+# (sample, token) pair; "per_sample" (the reference code) averages over each sample's supervised
+# tokens, then over the whole batch, where a sample without any (text dropped) counts as 0.
+ATTENTION_NORMALISATIONS = ("per_token", "per_sample")
+COUNT_EPS = 1e-5  # the reference code's guard on a sample's token count
 
 
 def attention_loss(
@@ -51,6 +56,7 @@ def attention_loss(
     masks: Mapping[int, jax.Array],
     token_valid: jax.Array,
     kind: str = "balanced_l1",
+    normalisation: str = "per_token",
 ) -> jax.Array:
     """Attention-map control loss averaged over layers and supervised tokens.
 
@@ -58,9 +64,14 @@ def attention_loss(
       (each subject's placeholder and entity word).
     masks: {h: (B, h, h, K)} target mask of the subject each token belongs to, per map size.
     token_valid: (B, K) whether the token is supervised (subject present, text not dropped).
+    normalisation: one of `ATTENTION_NORMALISATIONS`.
     """
     if kind not in ATTENTION_LOSSES:
         raise ValueError(f"unknown attention loss {kind!r}; known: {sorted(ATTENTION_LOSSES)}")
+    if normalisation not in ATTENTION_NORMALISATIONS:
+        raise ValueError(
+            f"unknown attention normalisation {normalisation!r}; known: {ATTENTION_NORMALISATIONS}"
+        )
     if not maps:
         raise ValueError("attention_loss needs at least one attention map")
     per_layer = []
@@ -71,4 +82,7 @@ def attention_loss(
         per_layer.append(ATTENTION_LOSSES[kind](attention, masks[size]))
     per_token = jnp.mean(jnp.stack(per_layer), axis=0)  # (B, K)
     weight = token_valid.astype(jnp.float32)
+    if normalisation == "per_sample":
+        per_sample = jnp.sum(per_token * weight, axis=1) / (jnp.sum(weight, axis=1) + COUNT_EPS)
+        return jnp.mean(per_sample)
     return jnp.sum(per_token * weight) / jnp.maximum(jnp.sum(weight), 1.0)

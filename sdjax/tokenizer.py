@@ -34,6 +34,9 @@ END_TOKEN = "<|endoftext|>"
 # Clause layout: ", the {label} is sks" -> [",", "the", *label, "is", "sks"].
 CLAUSE_PREFIX_LENGTH = 2
 CLAUSE_SUFFIX_LENGTH = 2
+# Which label token the attention loss supervises: the label's last sub-token, as the reference
+# code (`sks` index - 2), or its first.
+ENTITY_TOKENS = ("last", "first")
 
 
 def byte_alphabet() -> list[str]:
@@ -127,8 +130,18 @@ def clause_ids(tokenizer: CLIPTokenizer, label: str) -> list[int]:
     return ids
 
 
+def entity_position(clause_start, placeholder, which: str = "last"):
+    """Index of a clause's supervised label token from the clause's first index and its `sks`
+    index (ints or arrays): the label's last sub-token (`which="last"`) or its first."""
+    if which == "last":
+        return placeholder - CLAUSE_SUFFIX_LENGTH
+    if which == "first":
+        return clause_start + CLAUSE_PREFIX_LENGTH
+    raise ValueError(f"entity token {which!r}; known: {list(ENTITY_TOKENS)}")
+
+
 class TemplatePrompt(NamedTuple):
-    """Template prompt ids and, per subject, where its `sks` and first label token sit (0: cut)."""
+    """Template prompt ids and, per subject, where its `sks` and supervised label token sit (0: cut)."""
 
     ids: np.ndarray
     placeholder_positions: np.ndarray
@@ -140,6 +153,7 @@ def assemble_template(
     clauses: Sequence[Sequence[int]],
     pad_id: int,
     max_length: int = MAX_LENGTH,
+    entity_token: str = "last",
 ) -> TemplatePrompt:
     """BOS + caption + clauses + EOS, truncated to `max_length` keeping EOS, then padded.
 
@@ -156,7 +170,7 @@ def assemble_template(
         placeholder = len(ids) - 1
         kept = placeholder < max_length - 1
         placeholder_positions.append(placeholder if kept else 0)
-        entity_positions.append(start + CLAUSE_PREFIX_LENGTH if kept else 0)
+        entity_positions.append(entity_position(start, placeholder, entity_token) if kept else 0)
     ids = ids[: max_length - 1] + [EOS_ID]
     ids += [pad_id] * (max_length - len(ids))
     return TemplatePrompt(

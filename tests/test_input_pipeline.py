@@ -197,12 +197,13 @@ def test_prompt_ids_and_positions(good_files, one_epoch):
             placeholders = batch["placeholder_positions"][i][valid]
             entities = batch["entity_positions"][i][valid]
             assert np.all(ids[placeholders] == tok.PLACEHOLDER_ID)
-            first_tokens = [e.clause_ids[tok.CLAUSE_PREFIX_LENGTH] for e in record.entities]
-            assert ids[entities].tolist() == first_tokens
+            last_tokens = [e.clause_ids[-1 - tok.CLAUSE_SUFFIX_LENGTH] for e in record.entities]
+            assert ids[entities].tolist() == last_tokens
             assert np.all(batch["placeholder_positions"][i][~valid] == 0)
 
 
-def test_template_ids_match_the_tokenizer_assembly():
+@pytest.mark.parametrize("entity_token", tok.ENTITY_TOKENS)
+def test_template_ids_match_the_tokenizer_assembly(entity_token):
     captions = ["a dog and a cat", "a very " + "long " * 70 + "caption with a dog and a cat"]
     clauses = [tok.clause_ids(CLIP, label) for label in ("dog", "cat", "teddybear")]
     flat = tf.constant([i for c in clauses for i in c], tf.int64)
@@ -210,14 +211,40 @@ def test_template_ids_match_the_tokenizer_assembly():
     for caption in captions:
         ids = tok.caption_ids(CLIP, caption)
         for selected in ([2, 0], [1], []):
-            want = tok.assemble_template(ids, [clauses[j] for j in selected], pad_id=0)
+            want = tok.assemble_template(
+                ids, [clauses[j] for j in selected], pad_id=0, entity_token=entity_token
+            )
             got = tokens.template_ids(
-                tf.constant(ids, tf.int64), flat, lengths, tf.constant(selected, tf.int64), 0
+                tf.constant(ids, tf.int64),
+                flat,
+                lengths,
+                tf.constant(selected, tf.int64),
+                0,
+                entity_token=entity_token,
             )
             np.testing.assert_array_equal(got.ids, want.ids)
             np.testing.assert_array_equal(got.placeholder_positions, want.placeholder_positions)
             np.testing.assert_array_equal(got.entity_positions, want.entity_positions)
             np.testing.assert_array_equal(got.fits, want.placeholder_positions > 0)
+
+
+def test_supervised_entity_token_is_the_labels_last_subtoken_by_default():
+    """The reference code supervises `sks` index - 2: the last sub-token of a split label."""
+    caption = tok.caption_ids(CLIP, "a teddybear on a bed")
+    clause = tok.clause_ids(CLIP, "teddybear")
+    label = CLIP.convert_ids_to_tokens(clause[tok.CLAUSE_PREFIX_LENGTH : -tok.CLAUSE_SUFFIX_LENGTH])
+    assert label == ["teddy", "bear</w>"]  # the hand-made case: a label of two sub-tokens
+    flat, lengths = tf.constant(clause, tf.int64), tf.constant([len(clause)], tf.int64)
+    ids = tf.constant(caption, tf.int64)
+    for which, word in (("last", "bear</w>"), ("first", "teddy")):
+        got = tokens.template_ids(
+            ids, flat, lengths, tf.constant([0], tf.int64), 0, entity_token=which
+        )
+        position = int(got.entity_positions[0])
+        assert CLIP.convert_ids_to_tokens([int(got.ids[position])]) == [word], which
+        if which == "last":
+            assert position == int(got.placeholder_positions[0]) - 2
+    assert pipeline.default_config().entity_token == "last"
 
 
 def test_dropout_flags_follow_the_thresholds():

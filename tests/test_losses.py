@@ -72,6 +72,20 @@ def test_attention_loss_averages_layers_and_valid_tokens():
     assert float(losses.attention_loss(maps, masks, jnp.zeros((2, 2), bool))) == 0.0
 
 
+def test_attention_loss_per_sample_normalisation_counts_a_text_dropped_sample_as_zero():
+    """The reference code: mean over each sample's supervised tokens, then over the batch."""
+    values = np.array([[1, 2, 3, 4], [5, 6, 7, 8], [9, 9, 9, 9]], np.float32)  # (B, K) l1 values
+    maps = [jnp.asarray(np.broadcast_to(values[:, None, None, :], (3, 2, 2, 4)))]
+    masks = {2: jnp.zeros((3, 2, 2, 4))}
+    valid = jnp.array([[1, 1, 1, 1], [1, 0, 1, 0], [0, 0, 0, 0]], bool)  # sample 2: text dropped
+    per_sample = float(losses.attention_loss(maps, masks, valid, "l1", "per_sample"))
+    assert per_sample == pytest.approx((2.5 + 6.0 + 0.0) / 3, rel=1e-5)
+    per_token = float(losses.attention_loss(maps, masks, valid, "l1", "per_token"))
+    assert per_token == pytest.approx((1 + 2 + 3 + 4 + 5 + 7) / 6, rel=1e-6)
+    with pytest.raises(ValueError, match="per_batch"):
+        losses.attention_loss(maps, masks, valid, "l1", "per_batch")
+
+
 def test_attention_loss_errors_name_the_problem():
     maps = [jnp.zeros((1, 8, 8, 1))]
     with pytest.raises(ValueError, match="size 8"):

@@ -27,6 +27,8 @@ def default_config(resolution: int = REFERENCE_RESOLUTION) -> ml_collections.Con
     c.subject_size = 224
     c.max_subjects = 2
     c.location_mask = "box"  # box | segmentation
+    # The label token the attention loss supervises: "last" sub-token (reference code) | "first".
+    c.entity_token = "last"
     # Entities annotated with a box only (no mask): "box" uses the filled box as their mask
     # (location mask, attention-loss target, subject cut-out); "skip" drops them.
     c.boxes_without_masks = "box"

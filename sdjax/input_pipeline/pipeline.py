@@ -37,7 +37,7 @@ from sdjax.input_pipeline.config import default_config  # noqa: F401 (re-exporte
 from sdjax.input_pipeline.iterator_state import PipelineIterator
 from sdjax.input_pipeline.reasons import BAD_INPUT, NUM_REASONS, Reason
 from sdjax.input_pipeline.skip_warnings import SkipWarnings
-from sdjax.tokenizer import MAX_LENGTH, PLACEHOLDER_ID
+from sdjax.tokenizer import ENTITY_TOKENS, MAX_LENGTH, PLACEHOLDER_ID
 
 # TFRecord framing around each record's bytes: length (8), length CRC (4), data CRC (4).
 TFRECORD_OVERHEAD = 16
@@ -85,6 +85,8 @@ def _check_choices(cfg: ml_collections.ConfigDict) -> None:
             f"data.boxes_without_masks={cfg.boxes_without_masks!r}; "
             f"known: {sorted(BOXES_WITHOUT_MASKS)}"
         )
+    if cfg.entity_token not in ENTITY_TOKENS:
+        raise ValueError(f"data.entity_token={cfg.entity_token!r}; known: {list(ENTITY_TOKENS)}")
     if cfg.crop not in CROP_DRAWS:
         raise ValueError(f"data.crop={cfg.crop!r}; known: {sorted(CROP_DRAWS)}")
     if cfg.cached_latents and cfg.crop != "centred":
@@ -218,6 +220,7 @@ def _transform(selection: dict, u: tf.Tensor, cfg: ml_collections.ConfigDict):
         selection["clause_lengths"],
         tf.gather(selection["entities"], survivors),
         cfg.pad_id,
+        entity_token=cfg.entity_token,
     )
     kept = tf.boolean_mask(survivors, prompt.fits)
     count = tf.size(kept)

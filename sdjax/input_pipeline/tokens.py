@@ -10,12 +10,13 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from sdjax.tokenizer import BOS_ID, CLAUSE_PREFIX_LENGTH, EOS_ID, MAX_LENGTH
+from sdjax.tokenizer import BOS_ID, EOS_ID, MAX_LENGTH, entity_position
 
 
 class TemplateIds(NamedTuple):
-    """Prompt ids, and per selected subject its `sks` index, first label index, and whether its
-    `sks` survived truncation (positions are 0 where it did not)."""
+    """Prompt ids, and per selected subject its `sks` index, supervised label-token index (see
+    `sdjax.tokenizer.entity_position`), and whether its `sks` survived truncation (positions are 0
+    where it did not)."""
 
     ids: tf.Tensor
     placeholder_positions: tf.Tensor
@@ -30,6 +31,7 @@ def template_ids(
     selected: tf.Tensor,
     pad_id: int,
     max_length: int = MAX_LENGTH,
+    entity_token: str = "last",
 ) -> TemplateIds:
     """Template prompt of the `selected` entities (in that order).
 
@@ -43,7 +45,7 @@ def template_ids(
     ends = start + tf.cumsum(lengths)
     placeholder = ends - 1
     fits = placeholder < max_length - 1
-    entity = ends - lengths + CLAUSE_PREFIX_LENGTH
+    entity = entity_position(ends - lengths, placeholder, entity_token)
     ids = tf.concat(
         [[BOS_ID], tf.cast(caption_ids, tf.int32), tf.cast(chosen.flat_values, tf.int32)], axis=0
     )

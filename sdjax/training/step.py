@@ -107,7 +107,11 @@ def subject_diffusion_loss(
     token_valid = jnp.tile(fused, (1, 2))
     sizes = tuple(sorted({m.shape[1] for m in maps}))
     attention = losses.attention_loss(
-        maps, supervised_token_targets(batch, sizes), token_valid, config.attention_loss
+        maps,
+        supervised_token_targets(batch, sizes),
+        token_valid,
+        config.attention_loss,
+        config.attention_normalisation,
     )
     loss = diffusion + config.lambda_attn * attention
     return loss, {"diffusion_loss": diffusion, "attention_loss": attention}
