@@ -56,6 +56,13 @@ def parse_floats(text: str, count: int, what: str) -> tuple[float, ...]:
     return values
 
 
+def parse_bool(text: str, what: str) -> bool:
+    """`true` or `false` (any case) as a bool."""
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"{what} must be true or false, got {text!r}")
+    return text.lower() == "true"
+
+
 def box_argument(text: str) -> tuple[float, ...]:
     """A normalised box `x0,y0,x1,y1`, checked like the pipeline checks it."""
     try:
@@ -133,6 +140,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=lambda text: parse_floats(text, 2, "interpolation"),
         default=(0.0, 1.0),
         help="start,end fractions of the schedule that use the subjects (0,1)",
+    )
+    parser.add_argument(
+        "--use_bbox",
+        type=lambda text: parse_bool(text, "use_bbox"),
+        help="true|false: the grounding tokens code the subjects' boxes (default: the export's)",
     )
     parser.add_argument("--height", type=int, help="default: the training resolution")
     parser.add_argument("--width", type=int, help="default: the training resolution")
@@ -213,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             negative_prompt=args.negative_prompt,
             adapter_scale=args.adapter_scale,
             interpolation=args.interpolation,
+            use_bbox=args.use_bbox,
             progress=True,
         )
     except (SamplingInputError, WeightLoadError, ModelFolderError, OSError) as error:

@@ -63,6 +63,23 @@ def test_use_bbox_false_drops_boxes_unless_all_slots_full():
     assert not np.allclose(net(patches, boxes, full), net(patches, moved, full))
 
 
+def test_use_bbox_per_call_as_the_reference_code_with_three_slots():
+    """`use_bbox=False` keeps the boxes once more than one subject is present (the reference
+    code's `mask.sum(1) > 1`), given per call over a net whose config says True."""
+    net = GroundingNet(GroundingConfig(**{**CFG.__dict__, "max_subjects": 3}), rngs=nnx.Rngs(0))
+    patches = jnp.asarray(np.random.default_rng(1).normal(size=(1, 3, 4, 12)), jnp.float32)
+    boxes = jnp.asarray([[[0.1, 0.1, 0.5, 0.6], [0.4, 0.3, 0.9, 0.8], [0.0, 0.0, 1.0, 1.0]]])
+    moved = boxes.at[:, 0].add(0.1)
+    one, two = jnp.array([[True, False, False]]), jnp.array([[True, True, False]])
+    np.testing.assert_allclose(
+        net(patches, boxes, one, use_bbox=False), net(patches, moved, one, use_bbox=False)
+    )
+    assert not np.allclose(net(patches, boxes, two, False), net(patches, moved, two, False))
+    assert not np.allclose(net(patches, boxes, one), net(patches, moved, one))
+    traced = nnx.jit(lambda n, flag: n(patches, boxes, one, flag))
+    np.testing.assert_allclose(traced(net, jnp.bool_(False)), net(patches, boxes, one, False))
+
+
 def test_wrong_slot_count_is_rejected(net):
     patches, boxes = _inputs()
     with pytest.raises(ValueError, match="2 slots of 4 tokens, got 3 slots"):

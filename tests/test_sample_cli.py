@@ -55,7 +55,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_help():
     result = run_cli("--help")
     assert result.returncode == 0
-    for flag in ("--checkpoint", "--subject", "--box", "--mask", "--label", "--num_images"):
+    for flag in ("--checkpoint", "--subject", "--box", "--mask", "--label", "--use_bbox"):
         assert flag in result.stdout
     assert "runs/toy_world/export" in result.stdout
 
@@ -83,6 +83,8 @@ def test_writes_images_and_grid(export_dir, files, tmp_path, capsys):
         "3",
         "--seed",
         "1",
+        "--use_bbox",
+        "False",
         "--out",
         str(out),
         *SMALL,
@@ -122,6 +124,7 @@ def test_bad_flags_exit_2(files, capsys):
         (["--subject", str(files["cat"]), "--box", "0.5,0.2,0.5,0.9"], "zero area"),
         (["--box", "0.1,0.2,0.5,0.9"], "before any --subject"),
         (["--interpolation", "0.5"], "2 comma-separated numbers"),
+        (["--use_bbox", "maybe"], "use_bbox must be true or false"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             sample.main(["--prompt", "a cat", *argv])

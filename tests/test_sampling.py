@@ -280,7 +280,17 @@ def test_seeds_and_one_compilation(pipe, subject_files):
     run(pipe, "a dog and a cat in the snow", [dog, cat], seed=5, guidance_text=3.0)
     run(pipe, "nothing special", guidance_image=0.5, adapter_scale=0.3, negative_prompt="blurry")
     run(pipe, "a cat", [cat], interpolation=(0.2, 0.6), seed=7)
+    run(pipe, "a cat", [cat], use_bbox=False)
     assert pipe.sample_fn._cache_size() == 1
+
+
+def test_use_bbox_per_call_reaches_the_grounding_net(pipe, subject_files):
+    """A lone subject's box code goes with `use_bbox=False` (the reference code's text test)."""
+    cat = Subject(subject_files["cat"], layout=(0.1, 0.1, 0.5, 0.9))
+    assert pipe.config.model.grounding.use_bbox  # the export's default
+    with_box = run(pipe, "a cat", [cat])
+    assert max_diff(with_box, run(pipe, "a cat", [cat], use_bbox=True)) == 0.0
+    assert max_diff(with_box, run(pipe, "a cat", [cat], use_bbox=False)) > 1e-4
 
 
 def test_subjects_layout_and_adapter_scale_change_the_image(pipe, subject_files):

@@ -57,8 +57,18 @@ class GroundingNet(nnx.Module):
         self.linear_1 = layers.linear(in_dim, config.hidden_dim, dtype=dtype, rngs=rngs)
         self.linear_2 = layers.linear(config.hidden_dim, config.out_dim, dtype=dtype, rngs=rngs)
 
-    def __call__(self, patch_tokens: jax.Array, boxes: jax.Array, valid: jax.Array) -> jax.Array:
-        """patch_tokens (B, S, N, patch_dim), boxes (B, S, 4) in [0, 1], valid (B, S) bool."""
+    def __call__(
+        self,
+        patch_tokens: jax.Array,
+        boxes: jax.Array,
+        valid: jax.Array,
+        use_bbox: bool | jax.Array | None = None,
+    ) -> jax.Array:
+        """patch_tokens (B, S, N, patch_dim), boxes (B, S, 4) in [0, 1], valid (B, S) bool.
+
+        use_bbox (default: the config's; may be traced): False gives every slot the null position
+        feature unless more than one subject is present, as the reference code's `use_bbox=False`.
+        """
         cfg = self.config
         b, s, n, _ = patch_tokens.shape
         if s != cfg.max_subjects or n != cfg.num_patch_tokens:
@@ -70,7 +80,9 @@ class GroundingNet(nnx.Module):
         patches = jnp.where(slot, patch_tokens.astype(jnp.float32), self.null_patch_feature[...])
         position = fourier_box_embedding(boxes, cfg.fourier_freqs, cfg.fourier_base)
         position = jnp.broadcast_to(position[:, :, None, :], (b, s, n, cfg.fourier_dim))
-        use_box = slot if cfg.use_bbox else jnp.all(valid, axis=1)[:, None, None, None]
+        several = jnp.sum(valid, axis=1) > 1
+        use_bbox = cfg.use_bbox if use_bbox is None else use_bbox
+        use_box = jnp.where(use_bbox, slot, several[:, None, None, None])
         use_box = use_box & cfg.box_embedding
         position = jnp.where(use_box, position, self.null_position_feature[...])
         x = self.norm(jnp.concatenate([patches, position], axis=-1))

@@ -57,14 +57,19 @@ class SubjectDiffusion(nnx.Module):
         return mask if self.conditioning.location_mask else jnp.zeros_like(mask)
 
     def encode_subjects(
-        self, pixels: jax.Array, boxes: jax.Array, valid: jax.Array
+        self,
+        pixels: jax.Array,
+        boxes: jax.Array,
+        valid: jax.Array,
+        use_bbox: bool | jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """Subject images (B, S, H, W, 3), boxes (B, S, 4), valid (B, S) →
-        (grounding tokens (B, S*N, grounding_dim), subject embeddings at text width (B, S, D))."""
+        (grounding tokens (B, S*N, grounding_dim), subject embeddings at text width (B, S, D)).
+        use_bbox: as `GroundingNet` (default: its config's)."""
         b, s = pixels.shape[:2]
         cls, patches = self.image_encoder(pixels.reshape(b * s, *pixels.shape[2:]))
         patches = patches.reshape(b, s, *patches.shape[1:])
-        tokens = self.grounding(patches, boxes, valid)
+        tokens = self.grounding(patches, boxes, valid, use_bbox)
         embeds = self.cls_projector(cls).reshape(b, s, -1)
         return tokens, embeds
 

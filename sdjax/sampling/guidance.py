@@ -37,6 +37,7 @@ class Guidance(NamedTuple):
     adapter_scale: jax.Array  # beta, float32
     start_step: jax.Array  # int32: first step of the subject phase
     end_step: jax.Array  # int32: first step after it
+    use_bbox: jax.Array  # bool: the grounding net's box code (see `GroundingNet`)
 
 
 class Conditions(NamedTuple):
@@ -71,6 +72,7 @@ def make_guidance(
     adapter_scale: float,
     interpolation: tuple[float, float],
     steps: int,
+    use_bbox: bool = True,
 ) -> Guidance:
     """Checked `Guidance` of one call."""
     for name, value in (
@@ -87,6 +89,7 @@ def make_guidance(
         jnp.float32(adapter_scale),
         jnp.int32(start),
         jnp.int32(end),
+        jnp.bool_(use_bbox),
     )
 
 

@@ -93,11 +93,13 @@ def step_noise_key(seed: jax.Array, batch_index: jax.Array) -> jax.Array:
     return jax.random.fold_in(stream, batch_index)
 
 
-def conditions(model: SubjectDiffusion, inputs: SamplingInputs) -> Conditions:
+def conditions(
+    model: SubjectDiffusion, inputs: SamplingInputs, use_bbox: jax.Array | bool = True
+) -> Conditions:
     """Encodes the subjects and the three prompts of a batch."""
     valid = inputs.subject_valid
     grounding, subject_embeds = model.encode_subjects(
-        inputs.subject_pixels, inputs.subject_boxes, inputs.reference_valid
+        inputs.subject_pixels, inputs.subject_boxes, inputs.reference_valid, use_bbox
     )
     net = model.grounding.config
     batch, slots = valid.shape
@@ -138,7 +140,7 @@ def sample_batch(
 ) -> jax.Array:
     """Images (B, H, W, 3) float32 in [0, 1] of one batch: encode, denoise, decode."""
     model = nnx.merge(graphdef, params)
-    cond = conditions(model, inputs)
+    cond = conditions(model, inputs, guidance.use_bbox)
     sampler = cached_sampler(sampler_name)
     schedule = make_schedule(schedule_config)
     state = sampler.init_state(schedule, steps, inputs.noise)
@@ -261,7 +263,9 @@ class SubjectDiffusionPipeline:
         height, width: default to the training resolution. negative_prompt: replaces the empty
         prompt of the i and u branches (see `sdjax.sampling.guidance`). interpolation: the
         (start, end) fractions of the schedule that use the subjects; other steps run the base
-        model. latents: optional initial noise (num_images, height/f, width/f, C), f the VAE factor.
+        model. use_bbox: the grounding net's box code (default: the export's config; False as the
+        reference code's text-to-image test, True as its subject test; see `GroundingNet`).
+        latents: optional initial noise (num_images, height/f, width/f, C), f the VAE factor.
         use_references: False drops the subjects' images (null grounding tokens, no CLS fusion)
         while their boxes still make the location mask and their clauses stay in the prompt, as
         training's `drop_subjects`: a control in which identity can come from nowhere.
@@ -291,6 +295,7 @@ class SubjectDiffusionPipeline:
         negative_prompt: str = "",
         adapter_scale: float | None = None,
         interpolation: tuple[float, float] = (0.0, 1.0),
+        use_bbox: bool | None = None,
         latents: np.ndarray | None = None,
         use_references: bool = True,
         progress: bool = False,
@@ -308,6 +313,7 @@ class SubjectDiffusionPipeline:
             defaults.adapter_scale if adapter_scale is None else adapter_scale,
             interpolation,
             steps,
+            self.config.model.grounding.use_bbox if use_bbox is None else use_bbox,
         )
         latent_shape = (height // self.vae_factor, width // self.vae_factor, self.latent_channels)
         if latents is not None and np.shape(latents) != (num_images, *latent_shape):
