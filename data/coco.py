@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from data.masks import decode_coco_segmentation
-from data.records import RawEntity, RawImage, Reason, Skip, label_in_caption
+from data.records import RawEntity, RawImage, Reason, Skip
+from sdjax.captions import label_in_caption
 
 
 @dataclasses.dataclass(frozen=True)

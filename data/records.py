@@ -12,7 +12,6 @@ import enum
 import functools
 import io
 import math
-import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -22,6 +21,7 @@ from PIL import Image
 from data.masks import MaskError
 from sdjax import images
 from sdjax import tokenizer as tok
+from sdjax.captions import label_in_caption
 from sdjax.input_pipeline import schema
 
 # Re-encoded when the source image is neither JPEG nor PNG.
@@ -169,12 +169,6 @@ class Outcome:
 @functools.cache
 def _tokenizer(model_dir: str | None) -> tok.CLIPTokenizer:
     return tok.load_tokenizer(model_dir)
-
-
-def label_in_caption(label: str, caption: str) -> bool:
-    """Whether the label occurs in the caption as whole words, case-insensitively, maybe plural."""
-    words = r"\s+".join(re.escape(word) for word in label.split())
-    return re.search(rf"\b{words}(?:s|es)?\b", caption, re.IGNORECASE) is not None
 
 
 def read_image(data: bytes) -> tuple[bytes, str, int, int]:

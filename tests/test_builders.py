@@ -33,11 +33,12 @@ from data.masks import (
     decode_rle_string,
     rasterize_polygons,
 )
-from data.records import BuildOptions, InputError, Reason, Report, label_in_caption, process_unit
+from data.records import BuildOptions, InputError, Reason, Report, process_unit
 from data.sdd_builder import DATASET_NAME
 from data.sdd_tars import SddTarSource
 from sdjax import tokenizer as tok
-from sdjax.input_pipeline import schema
+from sdjax.captions import label_in_caption
+from sdjax.input_pipeline import filters, schema
 
 REPO = Path(__file__).resolve().parents[1]
 W, H = 32, 24
@@ -146,10 +147,33 @@ def test_undecodable_segmentation(segmentation):
         decode_coco_segmentation(segmentation, H, W)
 
 
+# (label, caption, mentioned): whole words, any case, plural; punctuation taken literally.
+MENTIONS = [
+    ("dog", "Two DOGS on a sofa", True),
+    ("cat", "a category of things", False),
+    ("cat", "a cat.", True),
+    ("cat", "concatenate", False),
+    ("box", "three boxes", True),
+    ("c++", "a c++ book", True),
+    ("c++", "a cc book", False),
+    ("a.b", "axb", False),
+    ("bear", "polar\nbear", True),
+]
+
+
+@pytest.mark.parametrize("label,caption,mentioned", MENTIONS)
+def test_label_matching_is_one_rule_for_builder_and_reader(label, caption, mentioned):
+    """The builder (Python `re`) and the reader (TensorFlow RE2) decide alike."""
+    assert label_in_caption(label, caption) is mentioned
+    reader = filters.labels_in_caption(tf.constant([label]), tf.constant(caption))
+    assert bool(reader[0]) is mentioned
+
+
 def test_label_matching():
-    assert label_in_caption("dog", "Two DOGS on a sofa")
     assert label_in_caption("teddy bear", "a teddy  bear and a box")
-    assert not label_in_caption("cat", "a category of things")
+    assert not bool(
+        filters.labels_in_caption(tf.constant(["teddy bear"]), tf.constant("a teddy bear"))[0]
+    )
     assert choose_caption(["a sofa", "a dog on a sofa", "a dog"], ["dog", "sofa", "dog"]) == (
         "a dog on a sofa"
     )

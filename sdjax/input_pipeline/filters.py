@@ -7,7 +7,7 @@ import math
 import ml_collections
 import tensorflow as tf
 
-from sdjax import geometry
+from sdjax import captions, geometry
 
 
 def near_white_fraction(image: tf.Tensor, threshold: float) -> tf.Tensor:
@@ -18,16 +18,17 @@ def near_white_fraction(image: tf.Tensor, threshold: float) -> tf.Tensor:
 
 
 def labels_in_caption(labels: tf.Tensor, caption: tf.Tensor) -> tf.Tensor:
-    """(N,) whether each label is one word (no whitespace) found verbatim in the caption."""
+    """(N,) whether each label is one word (no whitespace, as the reference code asks) mentioned
+    in the caption by `sdjax.captions`' rule (the record builder's)."""
     one_word = tf.strings.regex_full_match(labels, r"\S+")
+    patterns = captions.mention_pattern(
+        tf.strings.regex_replace(labels, captions.PUNCTUATION, captions.ESCAPE)
+    )
 
-    def found(label):
-        pieces = tf.raw_ops.StringSplitV2(input=caption[None], sep=label, maxsplit=1)
-        return tf.size(pieces.values) > 1
+    def found(pattern):
+        return tf.strings.regex_full_match(caption, pattern)
 
-    # An empty separator would split on whitespace: look only for one-word labels.
-    searched = tf.where(one_word, labels, caption + "\0")
-    return one_word & tf.map_fn(found, searched, fn_output_signature=tf.bool)
+    return one_word & tf.map_fn(found, patterns, fn_output_signature=tf.bool)
 
 
 def box_shape_ok(boxes: tf.Tensor, image_area: tf.Tensor, cfg: ml_collections.ConfigDict):
