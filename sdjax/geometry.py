@@ -76,6 +76,12 @@ def first_k(mask: tf.Tensor, k: int) -> tf.Tensor:
     return mask & (tf.cumsum(tf.cast(mask, tf.int32)) <= k)
 
 
+def index_span(length, start: tf.Tensor, stop: tf.Tensor, dtype) -> tf.Tensor:
+    """(N, length) float32: 1 where `start[n] <= index < stop[n]` (integer-valued bounds)."""
+    index = tf.range(length, dtype=dtype)
+    return tf.cast((index >= start[:, None]) & (index < stop[:, None]), tf.float32)
+
+
 def mask_pixels_in_boxes(masks: tf.Tensor, boxes: tf.Tensor) -> tf.Tensor:
     """(N,) count of nonzero pixels of each (N, H, W) mask inside its own box.
 
@@ -85,13 +91,8 @@ def mask_pixels_in_boxes(masks: tf.Tensor, boxes: tf.Tensor) -> tf.Tensor:
     """
     inside = tf.cast(tf.cast(masks, tf.bool), tf.float32)
     corners = tf.floor(boxes)
-
-    def span(length, start, stop):
-        index = tf.range(length, dtype=boxes.dtype)
-        return tf.cast((index >= start[:, None]) & (index < stop[:, None]), tf.float32)
-
-    rows = span(tf.shape(masks)[1], corners[:, 1], corners[:, 3])
-    columns = span(tf.shape(masks)[2], corners[:, 0], corners[:, 2])
+    rows = index_span(tf.shape(masks)[1], corners[:, 1], corners[:, 3], boxes.dtype)
+    columns = index_span(tf.shape(masks)[2], corners[:, 0], corners[:, 2], boxes.dtype)
     return tf.cast(tf.einsum("nh,nhw,nw->n", rows, inside, columns), tf.int32)
 
 

@@ -1,5 +1,6 @@
 """The tf.data reader end to end on small real TFRecords: contract, filters, bad input, resumption."""
 
+import dataclasses
 import io
 import logging
 import os
@@ -336,6 +337,54 @@ def _batch_of_subjects(background: str, box=(4, 4, 12, 12)):
         cfg,
     )
     return pixels.numpy(), np.array(CLIP_MEAN), np.array(CLIP_STD)
+
+
+def test_label_map_box_check_of_the_reference_code():
+    """Hand-made label maps: background 0, entity m is m + 1 (later masks paint over)."""
+    masks = np.zeros((3, 20, 20), bool)
+    masks[0, 2:12, 2:12] = True
+    masks[0, 4:10, 4:10] = False  # a ring: 64 of its 100-pixel box, background the rest
+    masks[1, 0:20, 14:20] = True  # a solid bar: its box holds one label only
+    masks[2, 5:7, 5:7] = True  # a dot inside the ring's hole, painted last
+    boxes = tf.constant([[2.0, 2.0, 12.0, 12.0], [14.0, 0.0, 20.0, 20.0], [0.0, 0.0, 20.0, 20.0]])
+    np.testing.assert_array_equal(filters.label_map(tf.constant(masks))[5:7, 5:7], 3)
+    got = filters.label_map_fills_box(tf.constant(masks), boxes, 0.6, (2, 5)).numpy().tolist()
+    # ring: 3 labels, largest (ring, 64) fills 0.64 >= 0.6, the ring's 64 pixels <= 100: kept.
+    # bar: one label in its box: dropped. Whole image: largest (background) fills 0.57: dropped.
+    assert got == [True, False, False]
+    assert filters.mask_fills_box(tf.constant(masks[:2]), boxes[:2], 0.6).numpy().tolist() == [
+        True,
+        True,
+    ]
+    thin = masks.copy()
+    thin[0, 3:11, 3:11] = False  # a 1-pixel ring: 36% of its box, the background fills 64%
+    assert filters.label_map_fills_box(tf.constant(thin), boxes[:1], 0.6, (2, 5)).numpy()[0]
+    assert not filters.mask_fills_box(tf.constant(thin[:1]), boxes[:1], 0.6).numpy()[0]
+    big = masks.copy()
+    big[0, 12:20, 0:12] = True  # the ring's label now spills far outside its box
+    assert not filters.label_map_fills_box(tf.constant(big), boxes[:1], 0.6, (2, 5)).numpy()[0]
+
+
+@pytest.mark.parametrize("box_fill,kept", [("own_mask", [1]), ("label_map", [0])])
+def test_reader_selects_by_the_configured_box_fill(box_fill, kept):
+    """A thin ring (kept by the reference's check) and a box its mask fills alone (dropped)."""
+    ring = np.zeros((HEIGHT, WIDTH), bool)
+    ring[10:50, 14:40] = True
+    ring[12:48, 16:38] = False
+    solid = np.zeros((HEIGHT, WIDTH), bool)
+    solid[20:60, 44:80] = True
+    record = _record("ring", mask_png=schema.encode_mask_png(ring))
+    second = dataclasses.replace(record.entities[1], mask_png=schema.encode_mask_png(solid))
+    record = dataclasses.replace(record, entities=(record.entities[0], second))
+    cfg = _config("", max_subjects=2)
+    cfg.filters.box_fill = box_fill
+    element = {
+        "record": tf.constant(schema.encode_example(record)),
+        "file_reason": tf.constant(int(Reason.OK)),
+    }
+    reason, selection = pipeline._select(element, cfg)
+    assert int(reason) == int(Reason.OK)
+    assert selection["entities"].numpy().tolist() == kept
 
 
 def test_subject_on_white_is_padded_square_and_empty_slots_are_zero():

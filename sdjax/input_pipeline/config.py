@@ -50,6 +50,10 @@ def default_config(resolution: int = REFERENCE_RESOLUTION) -> ml_collections.Con
     c.filters.max_aspect = 3.0
     c.filters.min_score = 0.3
     c.filters.min_mask_fill = 0.6
+    # own_mask: the entity's mask fills min_mask_fill of its box | label_map: the reference
+    # code's check over all entities' masks and the background (filters.label_map_fills_box)
+    c.filters.box_fill = "own_mask"
+    c.filters.box_labels = (2, 5)  # label_map: distinct labels in the box, background included
     c.filters.max_overlap = 0.8
     c.filters.min_box_area_px = 200.0 * (resolution / REFERENCE_RESOLUTION) ** 2
     c.filters.near_white_threshold = 0.9

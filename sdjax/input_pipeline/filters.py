@@ -65,6 +65,49 @@ def mask_fills_box(masks: tf.Tensor, boxes: tf.Tensor, min_fill: float) -> tf.Te
     return covered / geometry.box_area(boxes) >= min_fill
 
 
+def label_map(masks: tf.Tensor) -> tf.Tensor:
+    """(H, W) int32 label of each pixel from (M, H, W) entity masks: 0 background, entity m is
+    m + 1; where masks overlap the later entity wins (as a segmenter's painted label image)."""
+    labels = tf.range(1, tf.shape(masks)[0] + 1)[:, None, None] * tf.cast(masks, tf.int32)
+    return tf.reduce_max(tf.concat([tf.zeros_like(labels[:1]), labels], axis=0), axis=0)
+
+
+def label_map_fills_box(
+    masks: tf.Tensor,
+    boxes: tf.Tensor,
+    min_fill: float,
+    label_range: tuple[int, int],
+) -> tf.Tensor:
+    """(N,) the reference code's box check over the image's label map (`label_map(masks)`).
+
+    Within each (truncated) box of (N, 4): the number of distinct labels, background included, is
+    within `label_range`; the largest label's pixels, background included, cover at least
+    `min_fill` of the box; and the dominant label (the largest but the lowest label present) has
+    no more pixels in the whole image than the box's area.
+    """
+    labels = label_map(masks)
+    one_hot = tf.one_hot(labels, tf.shape(masks)[0] + 1, axis=0)  # (M + 1, H, W)
+    corners = tf.floor(boxes)
+    rows = geometry.index_span(tf.shape(labels)[0], corners[:, 1], corners[:, 3], boxes.dtype)
+    columns = geometry.index_span(tf.shape(labels)[1], corners[:, 0], corners[:, 2], boxes.dtype)
+    counts = tf.einsum("nh,lhw,nw->nl", rows, one_hot, columns)  # (N, M + 1) pixels per label
+    present = counts > 0
+    distinct = tf.reduce_sum(tf.cast(present, tf.int32), axis=1)
+    area = tf.cast(geometry.box_area(boxes), tf.float32)
+    lowest = tf.argmax(tf.cast(present, tf.int32), axis=1, output_type=tf.int32)
+    others = tf.where(
+        tf.one_hot(lowest, tf.shape(counts)[1], on_value=True, off_value=False), -1.0, counts
+    )
+    dominant = tf.argmax(others, axis=1, output_type=tf.int32)
+    dominant_total = tf.gather(tf.reduce_sum(one_hot, axis=(1, 2)), dominant)
+    return (
+        (label_range[0] <= distinct)
+        & (distinct <= label_range[1])
+        & (tf.reduce_max(counts, axis=1) / area >= min_fill)
+        & (dominant_total <= area)
+    )
+
+
 def rank_and_select(
     boxes: tf.Tensor,
     scores: tf.Tensor,

@@ -11,14 +11,16 @@ deterministic, so a seed fixes the batches whatever the parallelism; the tf.data
 (shuffle buffer and position included) goes into the training checkpoint (`iterator_state`).
 
 Where the reference leaves room, the reader does this:
-- Mask fill: a record holds one binary mask per entity, so "the dominant mask fills >= 0.6 of its
-  box" is the entity's own mask pixels inside its (integer-truncated) box over the box area.
+- Mask fill (`filters.box_fill`): "own_mask" is the entity's own mask pixels inside its
+  (integer-truncated) box over the box area; "label_map" is the reference code's check over the
+  label image painted from every entity's mask in record order (`filters.label_map_fills_box`).
 - Crop: the square keeps every subject kept by the filters (top `max_subjects`); when none does,
   the centre square is used and boxes are clipped to it before the 200 px² check.
 - Prompt: ids as `sdjax.tokenizer.assemble_template`; a subject whose `sks` falls past the 77-id
   limit loses its slot (its partial clause stays in the ids, as plain truncation leaves it).
 - Random background: the next example of the batch (cyclically), uniform noise in a batch of one.
-- Masks are decoded only for entities that pass the mask-free filters.
+- Masks are decoded only for entities that pass the mask-free filters (every entity's with
+  `filters.box_fill="label_map"`).
 - A box-only entity (no mask) takes its filled box as its mask with `boxes_without_masks="box"`
   (it passes the fill filter; its attention-loss target, subject cut-out and segmentation-mode
   location mask are the box); with "skip" it is never selected (`BOX_ONLY` when that leaves no
@@ -47,6 +49,9 @@ CROP_DRAWS = ("random", "centred")
 # What stands in for the mask of a box-only entity (`schema.NO_MASK`): its filled box, or nothing
 # (the entity is dropped).
 BOXES_WITHOUT_MASKS = ("box", "skip")
+# The box-fill filter: the entity's own mask in its box, or the reference code's check over the
+# image's label map (`filters.label_map_fills_box`).
+BOX_FILLS = ("own_mask", "label_map")
 
 
 def output_signature(cfg: ml_collections.ConfigDict) -> dict[str, tf.TensorSpec]:
@@ -84,6 +89,10 @@ def _check_choices(cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"data.boxes_without_masks={cfg.boxes_without_masks!r}; "
             f"known: {sorted(BOXES_WITHOUT_MASKS)}"
+        )
+    if cfg.filters.box_fill not in BOX_FILLS:
+        raise ValueError(
+            f"data.filters.box_fill={cfg.filters.box_fill!r}; known: {list(BOX_FILLS)}"
         )
     if cfg.entity_token not in ENTITY_TOKENS:
         raise ValueError(f"data.entity_token={cfg.entity_token!r}; known: {list(ENTITY_TOKENS)}")
@@ -154,16 +163,24 @@ def _select(element: dict, cfg: ml_collections.ConfigDict) -> tuple[tf.Tensor, d
     box_only = tf.strings.length(features["entities/mask"]) == 0
     usable = candidates & ~box_only if cfg.boxes_without_masks == "skip" else candidates
     candidate_index = tf.where(usable)[:, 0]
+    # The label-map check reads every entity's mask; the own-mask check only the candidates'.
+    decoded = usable | ~box_only if f.box_fill == "label_map" else usable
     masks_decoded, masks_sized, masks = decode.decode_masks(
-        tf.gather(features["entities/mask"], candidate_index), height, width
+        tf.boolean_mask(features["entities/mask"], decoded), height, width
     )
+    mask_slot = tf.cumsum(tf.cast(decoded, tf.int32)) - 1
+    candidate_boxes = tf.gather(boxes, candidate_index)
+    if f.box_fill == "label_map":
+        fills = filters.label_map_fills_box(
+            masks, candidate_boxes, f.min_mask_fill, tuple(f.box_labels)
+        )
+    else:
+        candidate_masks = tf.gather(masks, tf.gather(mask_slot, candidate_index))
+        fills = filters.mask_fills_box(candidate_masks, candidate_boxes, f.min_mask_fill)
     # The filled box that stands in for a missing mask fills its box.
-    fills = filters.mask_fills_box(
-        masks, tf.gather(boxes, candidate_index), f.min_mask_fill
-    ) | tf.gather(box_only, candidate_index)
+    fills |= tf.gather(box_only, candidate_index)
     eligible = tf.scatter_nd(candidate_index[:, None], fills, tf.shape(usable, tf.int64))
     selected = filters.rank_and_select(boxes, scores, eligible, f.max_overlap, cfg.max_subjects)
-    mask_slot = tf.cumsum(tf.cast(usable, tf.int32)) - 1
     near_white = filters.near_white_fraction(image, f.near_white_threshold)
     latents_ok, moments = tf.constant(True), None
     if cfg.cached_latents:
