@@ -387,6 +387,34 @@ def test_reader_selects_by_the_configured_box_fill(box_fill, kept):
     assert selection["entities"].numpy().tolist() == kept
 
 
+@pytest.mark.parametrize("contain,offset", [("all", 12), ("selected", 1)])
+def test_square_crop_holds_every_box_of_the_image_or_the_selected(contain, offset):
+    """A tree not in the caption (never selected) at the far right: no 72 px square holds it and
+    the dog, so the reference code's rule falls back to the centre square (x = 12)."""
+    record = _record("crop", ("dog", "tree"), caption="a dog on the grass")
+    far = dataclasses.replace(
+        record.entities[1],
+        box=(70.0, 10.0, 94.0, 50.0),
+        mask_png=schema.encode_mask_png(_ellipse((70.0, 10.0, 94.0, 50.0))),
+    )
+    dog = dataclasses.replace(
+        record.entities[0],
+        box=(2.0, 10.0, 30.0, 50.0),
+        mask_png=schema.encode_mask_png(_ellipse((2.0, 10.0, 30.0, 50.0))),
+    )
+    record = dataclasses.replace(record, entities=(dog, far))
+    cfg = _config("", crop_contains=contain)
+    element = {
+        "record": tf.constant(schema.encode_example(record)),
+        "file_reason": tf.constant(int(Reason.OK)),
+    }
+    reason, selection = pipeline._select(element, cfg)
+    assert int(reason) == int(Reason.OK) and selection["entities"].numpy().tolist() == [0]
+    _, example = pipeline._transform(selection, tf.constant([0.5, 0.5]), cfg)
+    right_edge = float(example["subject_boxes"][0, 2]) * HEIGHT  # the square's side is 72 px
+    assert 30.0 - right_edge == pytest.approx(offset, abs=1e-4)
+
+
 def test_subject_on_white_is_padded_square_and_empty_slots_are_zero():
     # An 8x4 box padded to an 8x8 square and scaled by 2: canvas rows 4-11 hold the subject.
     pixels, mean, std = _batch_of_subjects("white", box=(4, 6, 12, 10))

@@ -36,16 +36,20 @@ def crop_target(
     u: tf.Tensor,
     resolution: int,
     fill_mask_holes: bool,
+    contain: tf.Tensor | None = None,
 ) -> Target:
-    """Square crop that keeps every box when one exists (else the centre square), resized to R.
+    """Square crop that keeps every box of `contain` (default: `boxes`) when one exists (else the
+    centre square), resized to R.
 
-    image: (H, W, 3) uint8; masks: (K, H, W) bool; boxes: (K, 4) pixels; u: (2,) uniform draws.
+    image: (H, W, 3) uint8; masks: (K, H, W) bool; boxes: (K, 4) pixels; u: (2,) uniform draws;
+    contain: (N, 4) pixel boxes the square must hold (the reference code: every box of the image).
     The image is resized bilinearly with antialiasing, masks by nearest neighbour (then their holes
     filled, as the reference does, when `fill_mask_holes`).
     """
     height, width = tf.shape(image)[0], tf.shape(image)[1]
-    valid = tf.ones(tf.shape(boxes)[:1], tf.bool)
-    x, y, side, _ = geometry.square_crop_containing(width, height, boxes, valid, u)
+    contain = boxes if contain is None else contain
+    valid = tf.ones(tf.shape(contain)[:1], tf.bool)
+    x, y, side, _ = geometry.square_crop_containing(width, height, contain, valid, u)
     square = image[y : y + side, x : x + side]
     pixels = tf.image.resize(square, [resolution, resolution], "bilinear", antialias=True)
     pixels = tf.clip_by_value(pixels / 127.5 - 1.0, -1.0, 1.0)

@@ -22,6 +22,8 @@ def default_config(resolution: int = REFERENCE_RESOLUTION) -> ml_collections.Con
     c.latent_downsample = 8  # location mask at resolution / latent_downsample
     c.latent_channels = 4  # VAE latent channels (cached latents hold twice as many moments)
     c.crop = "random"  # random | centred: which square crop keeping every box (augment.py)
+    # The boxes the square crop keeps: "selected" subjects | "all" of the image (reference code)
+    c.crop_contains = "selected"
     c.cached_latents = False  # read VAE moments cached in the records; needs crop="centred"
     c.attention_map_sizes = (resolution // 16, resolution // 32, resolution // 64)
     c.subject_size = 224

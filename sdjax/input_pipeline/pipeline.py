@@ -14,8 +14,9 @@ Where the reference leaves room, the reader does this:
 - Mask fill (`filters.box_fill`): "own_mask" is the entity's own mask pixels inside its
   (integer-truncated) box over the box area; "label_map" is the reference code's check over the
   label image painted from every entity's mask in record order (`filters.label_map_fills_box`).
-- Crop: the square keeps every subject kept by the filters (top `max_subjects`); when none does,
-  the centre square is used and boxes are clipped to it before the 200 px² check.
+- Crop: the square keeps every box of the image (`crop_contains="all"`, the reference code) or
+  only the subjects kept by the filters (top `max_subjects`, "selected"); when none does, the
+  centre square is used and boxes are clipped to it before the 200 px² check.
 - Prompt: ids as `sdjax.tokenizer.assemble_template`; a subject whose `sks` falls past the 77-id
   limit loses its slot (its partial clause stays in the ids, as plain truncation leaves it).
 - Random background: the next example of the batch (cyclically), uniform noise in a batch of one.
@@ -46,6 +47,7 @@ TFRECORD_OVERHEAD = 16
 # Crop draws by `data.crop`: "centred" takes the middle of the admissible square crops.
 CENTRED_CROP = (0.5, 0.5)
 CROP_DRAWS = ("random", "centred")
+CROP_CONTAINS = ("selected", "all")  # the boxes the square crop must hold
 # What stands in for the mask of a box-only entity (`schema.NO_MASK`): its filled box, or nothing
 # (the entity is dropped).
 BOXES_WITHOUT_MASKS = ("box", "skip")
@@ -94,6 +96,8 @@ def _check_choices(cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"data.filters.box_fill={cfg.filters.box_fill!r}; known: {list(BOX_FILLS)}"
         )
+    if cfg.crop_contains not in CROP_CONTAINS:
+        raise ValueError(f"data.crop_contains={cfg.crop_contains!r}; known: {list(CROP_CONTAINS)}")
     if cfg.entity_token not in ENTITY_TOKENS:
         raise ValueError(f"data.entity_token={cfg.entity_token!r}; known: {list(ENTITY_TOKENS)}")
     if cfg.crop not in CROP_DRAWS:
@@ -211,6 +215,8 @@ def _select(element: dict, cfg: ml_collections.ConfigDict) -> tuple[tf.Tensor, d
     selection = {
         "image": image,
         "boxes": tf.gather(boxes, selected),
+        # What the square crop must hold: every box of the image, or only the selected ones.
+        "contain": boxes if cfg.crop_contains == "all" else tf.gather(boxes, selected),
         "masks": tf.gather(masks, tf.gather(mask_slot, selected)),
         "box_only": tf.gather(box_only, selected),
         "entities": selected,
@@ -228,7 +234,13 @@ def _transform(selection: dict, u: tf.Tensor, cfg: ml_collections.ConfigDict):
     subject survives the crop or the prompt's truncation."""
     r, slots = cfg.resolution, cfg.max_subjects
     target = augment.crop_target(
-        selection["image"], selection["masks"], selection["boxes"], u, r, cfg.fill_mask_holes
+        selection["image"],
+        selection["masks"],
+        selection["boxes"],
+        u,
+        r,
+        cfg.fill_mask_holes,
+        selection["contain"],
     )
     survivors = tf.where(filters.crop_box_ok(target.boxes * r, cfg.filters))[:, 0]
     prompt = tokens.template_ids(
