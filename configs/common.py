@@ -29,6 +29,9 @@ def base_config(resolution: int) -> ConfigDict:
     # The method's conditioning paths (SPEC §1); switching one off is an ablation.
     c.model.use_location_mask = True  # the UNet's 5th input channel (zeros when off)
     c.model.cls_fusion = True  # the subject CLS replaces the `sks` token embedding
+    # The added layers' (grounding net, CLS projector, adapters) initialisation: lecun_normal
+    # kernels and zero biases | torch_linear (PyTorch's nn.Linear default, the reference code's)
+    c.model.new_layer_init = "lecun_normal"
 
     c.data = data_config(resolution)
 

@@ -77,3 +77,42 @@ def test_sharded_placement_keeps_values(small):
 def test_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="unknown initialiser 'orthogonal'"):
         init.InitSpec("orthogonal")
+
+
+@pytest.mark.parametrize("fan_in", [32, 288])
+def test_uniform_spec_draws_torch_linear_default_on_the_host(fan_in):
+    """PyTorch's nn.Linear default (kaiming-uniform a=√5, uniform bias): both U(±1/√fan_in)."""
+    import torch
+
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(fan_in, 4096)
+    spec = init.InitSpec("uniform", limit=1.0 / np.sqrt(fan_in))
+    drawn = init.sample(spec, (fan_in, 4096), np.float32, init.stream(0, ("k",)))
+    for ours, theirs in ((drawn, reference.weight), (drawn[0], reference.bias)):
+        theirs = theirs.detach().numpy()
+        assert np.abs(ours).max() <= spec.limit
+        assert np.abs(ours).max() == pytest.approx(np.abs(theirs).max(), rel=0.02)
+        assert ours.std() == pytest.approx(theirs.std(), rel=0.05)
+
+
+def test_torch_linear_init_of_the_added_layers_only():
+    from sdjax.models.subject_diffusion import build_subject_diffusion, new_layers
+    from tests.training_config import micro_config
+
+    config = micro_config("").model
+    config.new_layer_init = "torch_linear"
+    model = init.init_module(lambda rngs: build_subject_diffusion(config, rngs), seed=0)
+    layers = [m for layer in new_layers(model) for _, m in nnx.iter_graph(layer)]
+    linears = [m for m in layers if isinstance(m, nnx.Linear)]
+    assert len(new_layers(model)) > 2 and linears  # grounding, projector and the adapters
+    for layer in linears:
+        limit = 1.0 / np.sqrt(layer.in_features)
+        kernel = np.asarray(layer.kernel[...])
+        assert limit / 2 < np.abs(kernel).max() <= limit
+        if layer.bias is not None:  # drawn, not the zero default
+            assert limit / 2 < np.abs(np.asarray(layer.bias[...])).max() <= limit
+    untouched = model.unet.conv_in
+    assert np.abs(np.asarray(untouched.bias[...])).max() == 0.0
+    with pytest.raises(ValueError, match="new_layer_init='kaiming'"):
+        config.new_layer_init = "kaiming"
+        build_subject_diffusion(config, nnx.Rngs(0))

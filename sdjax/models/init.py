@@ -45,11 +45,13 @@ class InitSpec:
     """An initialiser both jax and the host sampler understand.
 
     kinds: "zeros", "ones", "normal" (× stddev), "lecun_normal" (truncated normal, variance
-    1/fan_in; fan_in = product of all axes but the last, as flax's `lecun_normal`).
+    1/fan_in; fan_in = product of all axes but the last, as flax's `lecun_normal`), "uniform"
+    (on [-limit, limit]).
     """
 
     kind: str
     stddev: float = 1.0
+    limit: float = 0.0
 
     def __post_init__(self):
         if self.kind not in _JAX_INITIALIZERS:
@@ -63,8 +65,40 @@ _JAX_INITIALIZERS: dict[str, Callable[[InitSpec], nnx.Initializer]] = {
     "ones": lambda spec: nnx.initializers.ones_init(),
     "normal": lambda spec: nnx.initializers.normal(spec.stddev),
     "lecun_normal": lambda spec: nnx.initializers.lecun_normal(),
+    "uniform": lambda spec: symmetric_uniform(spec.limit),
 }
 ZEROS, ONES, LECUN_NORMAL = InitSpec("zeros"), InitSpec("ones"), InitSpec("lecun_normal")
+
+
+def symmetric_uniform(limit: float) -> nnx.Initializer:
+    """Values uniform on [-limit, limit]."""
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = np.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+    return init
+
+
+def torch_linear_init(module: nnx.Module, rngs: nnx.Rngs) -> None:
+    """Gives every randomly initialised `nnx.Linear` in `module` PyTorch's default `nn.Linear`
+    initialisation: kernel (kaiming-uniform, a = √5) and bias both uniform on ±1/√fan_in.
+
+    Sets each parameter's `InitSpec` (which `init_module` draws) and its value; zero-initialised
+    layers stay zero.
+    """
+    for _, layer in nnx.iter_graph(module):
+        if not isinstance(layer, nnx.Linear):
+            continue
+        if layer.kernel.get_metadata().get(INIT_METADATA) != LECUN_NORMAL:
+            continue
+        spec = InitSpec("uniform", limit=1.0 / math.sqrt(layer.in_features))
+        params = [layer.kernel] + ([layer.bias] if layer.bias is not None else [])
+        for param in params:
+            value = param.get_value()
+            param.set_metadata(INIT_METADATA, spec)
+            param.set_value(
+                _JAX_INITIALIZERS["uniform"](spec)(rngs.params(), value.shape, value.dtype)
+            )
 
 
 def initializer(spec: InitSpec, axes: Sequence[str | None]) -> nnx.Initializer:
@@ -136,7 +170,9 @@ def sample(spec: InitSpec, shape: Sequence[int], dtype, rng: np.random.Generator
         values = aligned_empty(shape, dtype)
         values.fill(spec.kind == "ones")
         return values
-    if spec.kind == "normal":
+    if spec.kind == "uniform":
+        values = rng.uniform(-spec.limit, spec.limit, size).astype(np.float32)
+    elif spec.kind == "normal":
         values = normals(rng, size, stddev=spec.stddev)
     else:  # lecun_normal
         stddev = math.sqrt(1.0 / fan_in(shape)) / TRUNCATED_STDDEV

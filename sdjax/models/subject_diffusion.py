@@ -9,8 +9,10 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
+from sdjax.models.attention import GatedSelfAttentionDense
 from sdjax.models.grounding import GroundingConfig, GroundingNet
 from sdjax.models.image_encoder import CLIPVisionConfig, CLIPVisionModelWithProjection
+from sdjax.models.init import torch_linear_init
 from sdjax.models.text_encoder import CLIPTextConfig, CLIPTextModel, CLSProjector
 from sdjax.models.unet import UNet, UNetConfig
 from sdjax.models.vae import AutoencoderKL, VAEConfig
@@ -115,11 +117,26 @@ def part_configs(config: ConfigDict) -> dict:
     }
 
 
+# Initialisation of the layers Subject-Diffusion adds to Stable Diffusion and CLIP (grounding net,
+# CLS projector, gated adapters): flax's lecun-normal kernels with zero biases, or PyTorch's
+# default `nn.Linear` (the reference code's).
+NEW_LAYER_INITS = ("lecun_normal", "torch_linear")
+
+
+def new_layers(model: SubjectDiffusion) -> list[nnx.Module]:
+    """The grounding net, the CLS projector and every gated adapter of the UNet."""
+    adapters = [m for _, m in nnx.iter_graph(model.unet) if isinstance(m, GatedSelfAttentionDense)]
+    return [model.grounding, model.cls_projector, *adapters]
+
+
 def build_subject_diffusion(config: ConfigDict, rngs: nnx.Rngs) -> SubjectDiffusion:
     """A randomly initialised model of the sizes in `config` (the `model` section)."""
     parts = part_configs(config)
     text, image = parts["text_encoder"], parts["image_encoder"]
-    return SubjectDiffusion(
+    new_layer_init = config.get("new_layer_init", "lecun_normal")  # absent in older exports
+    if new_layer_init not in NEW_LAYER_INITS:
+        raise ValueError(f"model.new_layer_init={new_layer_init!r}; known: {list(NEW_LAYER_INITS)}")
+    model = SubjectDiffusion(
         unet=UNet(parts["unet"], rngs=rngs),
         vae=AutoencoderKL(parts["vae"], rngs=rngs),
         text_encoder=CLIPTextModel(text, rngs=rngs),
@@ -130,3 +147,7 @@ def build_subject_diffusion(config: ConfigDict, rngs: nnx.Rngs) -> SubjectDiffus
         ),
         conditioning=Conditioning.from_config(config),
     )
+    if new_layer_init == "torch_linear":
+        for layer in new_layers(model):
+            torch_linear_init(layer, rngs)
+    return model
