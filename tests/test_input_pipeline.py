@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 from sdjax import tokenizer as tok
 from sdjax import trainer
 from sdjax.images import EXIF_ORIENTATION
-from sdjax.input_pipeline import augment, exif, filters, pipeline, schema, tokens
+from sdjax.input_pipeline import augment, backgrounds, exif, filters, pipeline, schema, tokens
 from sdjax.input_pipeline.iterator_state import IteratorRestore, IteratorSave, PipelineIterator
 from sdjax.input_pipeline.reasons import DataError, Reason
 from sdjax.input_pipeline.skip_warnings import SkipWarnings
@@ -310,11 +310,12 @@ def test_entity_filters_each_rule():
     assert crop.numpy().tolist() == [True, False, False]  # 210 px²; 200 px²; aspect 20
 
 
-def _batch_of_subjects(background: str, box=(4, 4, 12, 12)):
+def _batch_of_subjects(background: str, box=(4, 4, 12, 12), background_dir: str = ""):
     """Two black 16 px targets, each with a red subject filling `box` (x0, y0, x1, y1), and the
     CLIP-normalised subject images with augmentation off."""
     cfg = pipeline.default_config(16)
     cfg.subject_size, cfg.background = 16, background
+    cfg.background_dir = background_dir
     cfg.augment.flip_probability = cfg.augment.perspective_probability = 0.0
     cfg.augment.max_rotation_degrees = 0.0
     x0, y0, x1, y1 = box
@@ -436,6 +437,38 @@ def test_subject_on_random_background_uses_the_next_image():
     grey = (0.5 - mean) / std
     np.testing.assert_allclose(pixels[0, 0, 1, 1], grey, atol=1e-5)  # next image's grey band
     np.testing.assert_allclose(pixels[1, 0, 1, 1], -mean / std, atol=1e-5)  # first's black
+
+
+def test_subject_backgrounds_come_from_the_folder_and_never_from_another_image(tmp_path):
+    """The reference code's BG-20k backgrounds: here a folder of two flat-colour images."""
+    colours = {"blue.png": (0, 0, 255), "green.jpg": (0, 255, 0)}
+    for name, colour in colours.items():
+        Image.new("RGB", (40, 24), colour).save(tmp_path / name, quality=100)
+    (tmp_path / "notes.txt").write_text("not an image")
+    pixels, mean, std = _batch_of_subjects("folder", background_dir=str(tmp_path))
+    seen = pixels * std + mean  # back to [0, 1]
+    behind = seen[:, 0, 1, 1]  # outside the 11 px subject at offset 3: background only
+    flat = [np.array(c) / 255.0 for c in colours.values()]
+    for pixel in behind:
+        assert min(np.abs(pixel - c).max() for c in flat) < 0.02, pixel  # no grey band, no black
+    np.testing.assert_allclose(
+        seen[:, 0, 5:12, 5:12], np.broadcast_to([1, 0, 0], (2, 7, 7, 3)), atol=1e-5
+    )
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no images"):
+        backgrounds.background_files(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="not a folder"):
+        _batch_of_subjects("folder", background_dir=str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("kind", ["procedural", "noise"])
+def test_drawn_subject_backgrounds_vary_per_subject(kind):
+    pixels, mean, std = _batch_of_subjects(kind)
+    seen = pixels * std + mean
+    assert seen.min() >= -1e-5 and seen.max() <= 1 + 1e-5
+    assert np.abs(seen[0, 0, :3] - seen[1, 0, :3]).max() > 0.05  # each subject its own backdrop
+    drawn = backgrounds.procedural(tf.random.uniform([64, backgrounds.PROCEDURAL_DRAWS]), 16)
+    assert float(tf.math.reduce_std(drawn)) > 0.1  # not one flat colour
 
 
 def test_location_mask_modes():

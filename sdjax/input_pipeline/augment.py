@@ -13,6 +13,7 @@ import ml_collections
 import tensorflow as tf
 
 from sdjax import geometry
+from sdjax.input_pipeline import backgrounds
 
 # Uniform draws one subject image consumes, by use.
 FLIP, ANGLE, PERSPECTIVE = 0, 1, 2
@@ -183,9 +184,10 @@ def subject_images(
     """(B, S, s, s, 3) CLIP-normalised subject images of a batch; zeros in empty slots.
 
     images: (B, R, R, 3) targets in [-1, 1]; masks: (B, S, R, R) bool; boxes: (B, S, 4) normalised;
-    valid: (B, S); u: (B, S, SUBJECT_DRAWS) uniform draws; noise_seed: (2,) for noise backgrounds.
-    Each subject is cut out by its mask within its box, pasted on the background (white; or
-    `random`: the next example's target image, or uniform noise in a batch of one), then flipped,
+    valid: (B, S); u: (B, S, SUBJECT_DRAWS) uniform draws; noise_seed: (2,) for drawn backgrounds.
+    Each subject is cut out by its mask within its box, pasted on the background (`data.background`,
+    see `backgrounds`: white; `random`, the next example's target image, or uniform noise in a
+    batch of one; or one drawn per subject: noise, procedural, an image of a folder), then flipped,
     rotated and warped in perspective (the canvas outside reads `augment.fill_value`). Image and
     mask are resampled separately and then blended, as the reference does. One bilinear resampling
     per image does placement and augmentation together.
@@ -197,18 +199,28 @@ def subject_images(
     full = tf.constant([0.0, 0.0, 1.0, 1.0])
     boxes = tf.where(valid[..., None], boxes, full)
     source = (images + 1.0) / 2.0
+    backdrop_map = tf.eye(3, batch_shape=[batch])
     if cfg.background == "white":
-        backdrop, backdrop_map = tf.ones([batch, size, size, 1]), tf.eye(3, batch_shape=[batch])
+        backdrop = [tf.ones([batch, size, size, 1])] * slots
     elif cfg.background == "random" and batch > 1:
-        backdrop = tf.roll(source, shift=-1, axis=0)
+        backdrop = [tf.roll(source, shift=-1, axis=0)] * slots
         backdrop_map = geometry.scaling(
             tf.fill([batch], resolution / size), tf.fill([batch], resolution / size)
         )
     elif cfg.background == "random":
-        backdrop = tf.random.stateless_uniform([batch, size, size, 3], noise_seed)
-        backdrop_map = tf.eye(3, batch_shape=[batch])
+        backdrop = [tf.random.stateless_uniform([batch, size, size, 3], noise_seed)] * slots
+    elif cfg.background in backgrounds.BACKGROUNDS:
+        files = None
+        if cfg.background == "folder":
+            files = tf.constant(backgrounds.background_files(cfg.background_dir))
+        drawn = backgrounds.subject_backgrounds(
+            cfg.background, files, (batch, slots), size, noise_seed
+        )
+        backdrop = tf.unstack(drawn, axis=1)
     else:
-        raise ValueError(f"background must be 'white' or 'random', got {cfg.background!r}")
+        raise ValueError(
+            f"data.background={cfg.background!r}; known: {list(backgrounds.BACKGROUNDS)}"
+        )
     alpha = tf.cast(masks & geometry.box_regions(boxes, resolution), tf.float32)[..., None]
     per_slot = []
     for slot in range(slots):
@@ -222,7 +234,7 @@ def subject_images(
         )
         subject = geometry.warp_images(source, to_target, size)
         opacity = geometry.warp_images(alpha[:, slot], to_target, size)
-        behind = geometry.warp_images(backdrop, backdrop_map @ canvas, size, aug.fill_value)
+        behind = geometry.warp_images(backdrop[slot], backdrop_map @ canvas, size, aug.fill_value)
         per_slot.append(subject * opacity + behind * (1.0 - opacity))
     pixels = tf.stack(per_slot, axis=1)
     normalised = (pixels - tf.constant(aug.clip_mean)) / tf.constant(aug.clip_std)

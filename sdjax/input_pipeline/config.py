@@ -34,7 +34,11 @@ def default_config(resolution: int = REFERENCE_RESOLUTION) -> ml_collections.Con
     # Entities annotated with a box only (no mask): "box" uses the filled box as their mask
     # (location mask, attention-loss target, subject cut-out); "skip" drops them.
     c.boxes_without_masks = "box"
-    c.background = "random"  # white | random (another image of the batch; noise in a batch of 1)
+    # Behind the training subject images: white | random (another image of the batch; noise in a
+    # batch of 1) | noise | procedural (drawn gradients and textures) | folder (an image of
+    # background_dir per subject, as the reference code's BG-20k); see backgrounds.py
+    c.background = "random"
+    c.background_dir = ""
     c.fill_mask_holes = True  # the reference's row/column cavity filling of segmentation masks
     c.pad_id = EOS_ID  # 49407 for SD 1.x tokenizers, 0 for SD 2.x
     c.seed = 0

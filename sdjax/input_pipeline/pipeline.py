@@ -19,7 +19,8 @@ Where the reference leaves room, the reader does this:
   centre square is used and boxes are clipped to it before the 200 px² check.
 - Prompt: ids as `sdjax.tokenizer.assemble_template`; a subject whose `sks` falls past the 77-id
   limit loses its slot (its partial clause stays in the ids, as plain truncation leaves it).
-- Random background: the next example of the batch (cyclically), uniform noise in a batch of one.
+- Random background: the next example of the batch (cyclically), uniform noise in a batch of one;
+  the other kinds of `data.background` are in `backgrounds.py`.
 - Masks are decoded only for entities that pass the mask-free filters (every entity's with
   `filters.box_fill="label_map"`).
 - A box-only entity (no mask) takes its filled box as its mask with `boxes_without_masks="box"`
@@ -35,7 +36,7 @@ import ml_collections
 import tensorflow as tf
 
 from sdjax import geometry
-from sdjax.input_pipeline import augment, decode, filters, tokens
+from sdjax.input_pipeline import augment, backgrounds, decode, filters, tokens
 from sdjax.input_pipeline.config import default_config  # noqa: F401 (re-exported)
 from sdjax.input_pipeline.iterator_state import PipelineIterator
 from sdjax.input_pipeline.reasons import BAD_INPUT, NUM_REASONS, Reason
@@ -96,6 +97,12 @@ def _check_choices(cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"data.filters.box_fill={cfg.filters.box_fill!r}; known: {list(BOX_FILLS)}"
         )
+    if cfg.background not in backgrounds.BACKGROUNDS:
+        raise ValueError(
+            f"data.background={cfg.background!r}; known: {list(backgrounds.BACKGROUNDS)}"
+        )
+    if cfg.background == "folder":
+        backgrounds.background_files(cfg.background_dir)  # names a missing or empty folder now
     if cfg.crop_contains not in CROP_CONTAINS:
         raise ValueError(f"data.crop_contains={cfg.crop_contains!r}; known: {list(CROP_CONTAINS)}")
     if cfg.entity_token not in ENTITY_TOKENS:
