@@ -56,6 +56,14 @@ def parse_floats(text: str, count: int, what: str) -> tuple[float, ...]:
     return values
 
 
+def parse_window(text: str) -> tuple[int, int]:
+    """Two comma-separated non-negative integers."""
+    values = parse_floats(text, 2, "window")
+    if not all(v.is_integer() and v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"window {text!r} must be two step indices >= 0")
+    return int(values[0]), int(values[1])
+
+
 def parse_bool(text: str, what: str) -> bool:
     """`true` or `false` (any case) as a bool."""
     if text.lower() not in ("true", "false"):
@@ -142,6 +150,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="start,end fractions of the schedule that use the subjects (0,1)",
     )
     parser.add_argument(
+        "--window",
+        type=parse_window,
+        help="start,end model-call indices (inclusive) that use the subjects, instead of "
+        "--interpolation (the reference code's subject test)",
+    )
+    parser.add_argument(
         "--use_bbox",
         type=lambda text: parse_bool(text, "use_bbox"),
         help="true|false: the grounding tokens code the subjects' boxes (default: the export's)",
@@ -225,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             negative_prompt=args.negative_prompt,
             adapter_scale=args.adapter_scale,
             interpolation=args.interpolation,
+            window=args.window,
             use_bbox=args.use_bbox,
             progress=True,
         )

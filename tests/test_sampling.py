@@ -39,10 +39,12 @@ from sdjax.sampling.guidance import (
     branch_inputs,
     combine_branches,
     make_guidance,
+    subject_phase,
     window_steps,
 )
 from sdjax.sampling.layout import RandomLayout, check_box, location_mask, resolve_layouts
 from sdjax.sampling.subjects import read_subject, reference_image, subject_box
+from sdjax.schedulers import SchedulerConfig, get_sampler, make_schedule
 from sdjax.tokenizer import load_tokenizer
 from sdjax.weights.subject_diffusion import load_parts
 
@@ -447,6 +449,27 @@ def test_branch_inputs_order_and_window():
     guidance = make_guidance(7.5, 1.5, 1.0, (0.2, 0.6), 10)
     assert (int(guidance.start_step), int(guidance.end_step)) == (2, 6)
     assert window_steps((0.0, 1.0), 7) == (0, 7)
+
+
+def test_pndm_window_counts_model_calls_as_the_reference_code():
+    """PNDM makes n + 1 calls; (0, 1) runs n of them with subjects and the last one without (the
+    reference's `i < 50`); the inclusive window (0, n) holds every call."""
+    steps = 50
+    calls = len(get_sampler("pndm").timesteps(make_schedule(SchedulerConfig()), steps))
+    assert calls == steps + 1
+
+    def phases(guidance):
+        return [bool(subject_phase(np.int32(i), guidance)) for i in range(calls)]
+
+    fractions = phases(make_guidance(7.5, 1.5, 1.0, (0.0, 1.0), steps))
+    assert fractions == [True] * steps + [False]
+    assert (
+        phases(make_guidance(7.5, 1.5, 1.0, (0.0, 1.0), steps, window=(0, steps))) == [True] * calls
+    )
+    inclusive = phases(make_guidance(7.5, 1.5, 1.0, (0.0, 1.0), steps, window=(10, 20)))
+    assert [i for i, p in enumerate(inclusive) if p] == list(range(10, 21))
+    with pytest.raises(SamplingInputError, match="window"):
+        make_guidance(7.5, 1.5, 1.0, (0.0, 1.0), steps, window=(0.5, 3))
 
 
 def test_location_mask_marks_box_cells():

@@ -14,6 +14,12 @@ Steps outside the interpolation window [start, end) run the base UNet behaviour:
 the plain prompt (no subject clauses, no fusion) and a zero mask in every branch. Then i == u and
 the formula is ordinary two-branch guidance of scale s_T. The window is in traced step indices,
 so changing it does not recompile.
+
+Step indices count model calls, as the reference code's `for i, t in enumerate(timesteps)`: PNDM
+makes n + 1 calls for n steps, so the fractions (0, 1) give calls [0, n) and its last call runs
+without subjects, exactly as the reference's text-to-image test (`if i < 50`, 50 PNDM steps).
+An inclusive integer window (`window=(start, end)`, the reference's subject test
+`start <= i <= end`) names the calls directly.
 """
 
 from __future__ import annotations
@@ -66,6 +72,17 @@ def window_steps(interpolation: tuple[float, float], steps: int) -> tuple[int, i
     return round(start * steps), round(end * steps)
 
 
+def inclusive_window(window: tuple[int, int]) -> tuple[int, int]:
+    """Call indices [start, end + 1) of the reference code's inclusive window `start <= i <= end`."""
+    if (
+        not isinstance(window, tuple | list)
+        or len(window) != 2
+        or not all(isinstance(v, int) and v >= 0 for v in window)
+    ):
+        raise SamplingInputError(f"window {window!r} must be two step indices (start, end) >= 0")
+    return window[0], window[1] + 1
+
+
 def make_guidance(
     text_scale: float,
     image_scale: float,
@@ -73,8 +90,10 @@ def make_guidance(
     interpolation: tuple[float, float],
     steps: int,
     use_bbox: bool = True,
+    window: tuple[int, int] | None = None,
 ) -> Guidance:
-    """Checked `Guidance` of one call."""
+    """Checked `Guidance` of one call; an inclusive `window` of call indices replaces the
+    `interpolation` fractions."""
     for name, value in (
         ("guidance_text", text_scale),
         ("guidance_image", image_scale),
@@ -82,7 +101,10 @@ def make_guidance(
     ):
         if not isinstance(value, int | float) or not math.isfinite(value):
             raise SamplingInputError(f"{name}={value!r} must be a finite number")
-    start, end = window_steps(interpolation, steps)
+    if window is None:
+        start, end = window_steps(interpolation, steps)
+    else:
+        start, end = inclusive_window(window)
     return Guidance(
         jnp.float32(text_scale),
         jnp.float32(image_scale),

@@ -263,7 +263,9 @@ class SubjectDiffusionPipeline:
         height, width: default to the training resolution. negative_prompt: replaces the empty
         prompt of the i and u branches (see `sdjax.sampling.guidance`). interpolation: the
         (start, end) fractions of the schedule that use the subjects; other steps run the base
-        model. use_bbox: the grounding net's box code (default: the export's config; False as the
+        model (fractions of the steps; PNDM's extra call falls after (0, 1), see
+        `sdjax.sampling.guidance`). window: the reference code's inclusive model-call indices
+        (start, end) instead of `interpolation`. use_bbox: the grounding net's box code (default: the export's config; False as the
         reference code's text-to-image test, True as its subject test; see `GroundingNet`).
         latents: optional initial noise (num_images, height/f, width/f, C), f the VAE factor.
         use_references: False drops the subjects' images (null grounding tokens, no CLS fusion)
@@ -295,6 +297,7 @@ class SubjectDiffusionPipeline:
         negative_prompt: str = "",
         adapter_scale: float | None = None,
         interpolation: tuple[float, float] = (0.0, 1.0),
+        window: tuple[int, int] | None = None,
         use_bbox: bool | None = None,
         latents: np.ndarray | None = None,
         use_references: bool = True,
@@ -314,6 +317,7 @@ class SubjectDiffusionPipeline:
             interpolation,
             steps,
             self.config.model.grounding.use_bbox if use_bbox is None else use_bbox,
+            window,
         )
         latent_shape = (height // self.vae_factor, width // self.vae_factor, self.latent_channels)
         if latents is not None and np.shape(latents) != (num_images, *latent_shape):
