@@ -150,6 +150,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="start,end fractions of the schedule that use the subjects (0,1)",
     )
     parser.add_argument(
+        "--base_model",
+        help="pretrained Stable Diffusion folder run outside the interpolation window "
+        "(default: the export's model.pretrained when its sampling.outside_window=base_model)",
+    )
+    parser.add_argument(
         "--window",
         type=parse_window,
         help="start,end model-call indices (inclusive) that use the subjects, instead of "
@@ -224,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.checkpoint,
             batch_size=args.batch_size,
             segmenter=None,  # cut out above
+            base_model=args.base_model,
         )
         images = pipe(
             args.prompt,

@@ -97,6 +97,9 @@ def base_config(resolution: int) -> ConfigDict:
     c.sampling.adapter_scale = 1.0
     # A transformers SamModel folder that cuts out subjects given without a mask ("": none).
     c.sampling.segmenter = ""
+    # Steps outside the interpolation window: fine_tuned (subjects off) | base_model (the
+    # pretrained UNet and text encoder of model.pretrained, two-branch guidance: reference code)
+    c.sampling.outside_window = "fine_tuned"
 
     c.export = ConfigDict()
     c.export.weights = "ema"  # ema (when trained with one) | raw

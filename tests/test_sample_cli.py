@@ -106,6 +106,7 @@ def test_writes_images_and_grid(export_dir, files, tmp_path, capsys):
         (["--subject", "{cat}", "--subject", "{dog}", "--subject", "{cat}"], "3 subjects"),
         (["--height", "30"], "height=30 must be a positive multiple of 4"),
         (["--batch_size", "3"], "batch_size=3"),
+        (["--base_model", "{missing}"], "base model folder 'missing.png' not found"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_1(export_dir, files, extra, message, capsys):
@@ -125,6 +126,7 @@ def test_bad_flags_exit_2(files, capsys):
         (["--box", "0.1,0.2,0.5,0.9"], "before any --subject"),
         (["--interpolation", "0.5"], "2 comma-separated numbers"),
         (["--use_bbox", "maybe"], "use_bbox must be true or false"),
+        (["--window", "0,2.5"], "two step indices"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             sample.main(["--prompt", "a cat", *argv])

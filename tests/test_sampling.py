@@ -34,6 +34,7 @@ from configs import tiny
 from sdjax.export import export_model
 from sdjax.models.subject_diffusion import SubjectDiffusion
 from sdjax.sampling import SamplingInputError, Subject, SubjectDiffusionPipeline, image_grid
+from sdjax.sampling.base_model import load_base_model
 from sdjax.sampling.guidance import (
     Conditions,
     branch_inputs,
@@ -267,6 +268,54 @@ def test_matches_diffusers_without_subjects(diffusers_parts, parity_pipe, name, 
     assert ours.shape == expected.shape == (NUM_IMAGES, HEIGHT, WIDTH, 3)
     assert expected.std() > 0.01  # a real image, not a constant
     assert max_diff(ours, expected) < PARITY_TOL
+
+
+def fine_tuned(model: SubjectDiffusion) -> SubjectDiffusion:
+    """A copy whose text encoder has moved off the pretrained one (as training moves it)."""
+    graphdef, state = nnx.split(model)
+    flat = dict(nnx.to_flat_state(state))
+    for path, var in flat.items():
+        if path[0] == "text_encoder" and "final_layer_norm" in path and path[-1] == "bias":
+            var.set_value(var.get_value() + 0.5)
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def test_base_model_runs_outside_the_window_and_the_fine_tuned_inside(
+    diffusers_parts, active_model, subject_files
+):
+    """The reference code's interpolation: outside the window the pretrained UNet and text
+    encoder with two-branch guidance (so no window is plain Stable Diffusion, as diffusers draws
+    it); inside it the fine-tuned model, as without a base model."""
+    folder, reference = diffusers_parts
+    reference.scheduler = DDIMScheduler(**SD_SCHEDULER)
+    model, devices = fine_tuned(active_model), jax.local_devices()[:1]
+    based = SubjectDiffusionPipeline(
+        model, tiny_config(), devices=devices, base=load_base_model(folder)
+    )
+    alone = SubjectDiffusionPipeline(model, tiny_config(), devices=devices)
+    latents = np.random.default_rng(0).standard_normal((NUM_IMAGES, *LATENT), dtype=np.float32)
+    cat = Subject(subject_files["cat"], layout=(0.1, 0.1, 0.5, 0.9))
+    prompt = "a cat by a lake"
+    expected = reference(
+        prompt,
+        height=HEIGHT,
+        width=WIDTH,
+        num_inference_steps=STEPS,
+        guidance_scale=7.5,
+        num_images_per_prompt=NUM_IMAGES,
+        latents=torch.from_numpy(latents.transpose(0, 3, 1, 2).copy()),
+        output_type="np",
+    ).images
+    options = dict(scheduler="ddim", guidance_text=7.5, latents=latents)
+    never = dict(interpolation=(0.0, 0.0), **options)
+    assert max_diff(run(based, prompt, [cat], **never), expected) < PARITY_TOL
+    assert max_diff(run(alone, prompt, [cat], **never), expected) > 1e-3
+    inside = run(based, prompt, [cat], **options)
+    assert max_diff(inside, run(alone, prompt, [cat], **options)) < SHARDED_TOL
+    half = dict(window=(0, STEPS // 2 - 1), **options)
+    mixed = run(based, prompt, [cat], **half)
+    assert max_diff(mixed, run(alone, prompt, [cat], **half)) > 1e-3
+    assert max_diff(mixed, inside) > 1e-3 and max_diff(mixed, expected) > 1e-3
 
 
 # --------------------------------------------------------------- seeds, compilation, guidance

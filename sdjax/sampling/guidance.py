@@ -12,7 +12,8 @@ the subjects held fixed, and s_I adds the subjects' pull with the text held at t
 
 Steps outside the interpolation window [start, end) run the base UNet behaviour: adapter scale 0,
 the plain prompt (no subject clauses, no fusion) and a zero mask in every branch. Then i == u and
-the formula is ordinary two-branch guidance of scale s_T. The window is in traced step indices,
+the formula is ordinary two-branch guidance of scale s_T. With a base model (the reference code,
+`sdjax.sampling.base_model`) those steps run the pretrained UNet and text encoder instead. The window is in traced step indices,
 so changing it does not recompile.
 
 Step indices count model calls, as the reference code's `for i, t in enumerate(timesteps)`: PNDM

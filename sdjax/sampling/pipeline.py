@@ -29,6 +29,12 @@ from tqdm.auto import tqdm
 from transformers import CLIPTokenizer
 
 from sdjax.models.subject_diffusion import SubjectDiffusion
+from sdjax.sampling.base_model import (
+    OUTSIDE_WINDOW,
+    BaseModel,
+    load_base_model,
+    two_branch_epsilon,
+)
 from sdjax.sampling.errors import SamplingInputError
 from sdjax.sampling.guidance import (
     Conditions,
@@ -127,7 +133,9 @@ def conditions(
 
 def sample_batch(
     graphdef: nnx.GraphDef,
+    base_graphdef: nnx.GraphDef | None,
     params: nnx.State,
+    base_params: nnx.State | None,
     inputs: SamplingInputs,
     guidance: Guidance,
     seed: jax.Array,
@@ -138,15 +146,15 @@ def sample_batch(
     schedule_config: SchedulerConfig,
     scaling_factor: float,
 ) -> jax.Array:
-    """Images (B, H, W, 3) float32 in [0, 1] of one batch: encode, denoise, decode."""
+    """Images (B, H, W, 3) float32 in [0, 1] of one batch: encode, denoise, decode. With a base
+    model (`base_graphdef`, `base_params`), steps outside the window run it instead."""
     model = nnx.merge(graphdef, params)
     cond = conditions(model, inputs, guidance.use_bbox)
     sampler = cached_sampler(sampler_name)
     schedule = make_schedule(schedule_config)
     state = sampler.init_state(schedule, steps, inputs.noise)
 
-    def model_fn(latents: jax.Array, timestep: jax.Array, step: jax.Array) -> jax.Array:
-        phase = subject_phase(step, guidance)
+    def subject_model(latents: jax.Array, timestep: jax.Array, phase: jax.Array) -> jax.Array:
         sample, context, grounding = branch_inputs(latents, cond, phase)
         eps = model.unet(
             sample,
@@ -156,6 +164,27 @@ def sample_batch(
             adapter_scale=jnp.where(phase, guidance.adapter_scale, 0.0),
         )
         return combine_branches(eps, guidance.text_scale, guidance.image_scale)
+
+    if base_graphdef is None:
+
+        def model_fn(latents: jax.Array, timestep: jax.Array, step: jax.Array) -> jax.Array:
+            return subject_model(latents, timestep, subject_phase(step, guidance))
+
+    else:
+        base = nnx.merge(base_graphdef, base_params)
+        plain, negative = (
+            base.text_encoder(inputs.plain_ids),
+            base.text_encoder(inputs.negative_ids),
+        )
+
+        def model_fn(latents: jax.Array, timestep: jax.Array, step: jax.Array) -> jax.Array:
+            return jax.lax.cond(
+                subject_phase(step, guidance),
+                lambda: subject_model(latents, timestep, jnp.bool_(True)),
+                lambda: two_branch_epsilon(
+                    base, latents, timestep, plain, negative, guidance.text_scale
+                ).astype(latents.dtype),
+            )
 
     key = step_noise_key(seed, batch_index)
     latents = sample_loop(sampler, schedule, state, model_fn, inputs.noise, key)
@@ -174,6 +203,8 @@ class SubjectDiffusionPipeline:
     `DEFAULT_PER_DEVICE_BATCH` per device, fewer for fewer images). segmenter: cuts out subjects
     given without a mask (`sdjax.sampling.segment.SamSegmenter`; `from_pretrained` loads the one
     the export records in `sampling.segmenter`); None keeps their box with its background.
+    base: the pretrained model that runs the steps outside the interpolation window (default:
+    none, the fine-tuned model with the subjects off; see `sdjax.sampling.base_model`).
     """
 
     def __init__(
@@ -185,6 +216,7 @@ class SubjectDiffusionPipeline:
         devices: Sequence[jax.Device] | None = None,
         batch_size: int | None = None,
         segmenter: Segmenter | None = None,
+        base: BaseModel | None = None,
     ):
         self.config = config
         self.segmenter = segmenter
@@ -211,8 +243,12 @@ class SubjectDiffusionPipeline:
         )
         graphdef, params = nnx.split(model)
         self.params = jax.device_put(params, replicated(self.mesh))
+        base_graphdef, self.base_params = None, None
+        if base is not None:
+            base_graphdef, base_params = nnx.split(base)
+            self.base_params = jax.device_put(base_params, replicated(self.mesh))
         self.sample_fn = jax.jit(
-            functools.partial(sample_batch, graphdef),
+            functools.partial(sample_batch, graphdef, base_graphdef),
             static_argnames=("sampler_name", "steps", "schedule_config", "scaling_factor"),
         )
         self.noise_fn = jax.jit(
@@ -220,8 +256,15 @@ class SubjectDiffusionPipeline:
         )
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **kwargs) -> SubjectDiffusionPipeline:
-        """The pipeline of an sdjax export folder (`sdjax_config.json`, `unet/`, ..., `tokenizer/`)."""
+    def from_pretrained(
+        cls, path: str | Path, *, base_model: str | Path | None = None, **kwargs
+    ) -> SubjectDiffusionPipeline:
+        """The pipeline of an sdjax export folder (`sdjax_config.json`, `unet/`, ..., `tokenizer/`).
+
+        Steps outside the interpolation window run the pretrained base model when the export's
+        `sampling.outside_window` is "base_model" (from its `model.pretrained` folder) or a
+        `base_model` folder is given; else the fine-tuned model with the subjects off.
+        """
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(
@@ -231,7 +274,15 @@ class SubjectDiffusionPipeline:
         model, config = load_subject_diffusion(path)
         if "segmenter" not in kwargs and config.sampling.get("segmenter"):
             kwargs["segmenter"] = SamSegmenter(config.sampling.segmenter)
-        return cls(model, config, load_tokenizer(path), **kwargs)
+        outside = config.sampling.get("outside_window", OUTSIDE_WINDOW[0])  # absent: older exports
+        if outside not in OUTSIDE_WINDOW:
+            raise SamplingInputError(
+                f"sampling.outside_window={outside!r}; known: {list(OUTSIDE_WINDOW)}"
+            )
+        if base_model is None and outside == "base_model":
+            base_model = config.model.pretrained
+        base = None if base_model is None else load_base_model(base_model, config.model.dtype)
+        return cls(model, config, load_tokenizer(path), base=base, **kwargs)
 
     def __call__(
         self, prompt: str, subjects: Sequence[Subject] = (), **kwargs
@@ -378,7 +429,13 @@ class SubjectDiffusionPipeline:
                     noise = self._put(np.asarray(latents, np.float32)[take])
                 inputs = SamplingInputs(noise, *(self._put(a[take]) for a in per_image))
                 images = self.sample_fn(
-                    self.params, inputs, guidance, jnp.uint32(seed), jnp.int32(index), **static
+                    self.params,
+                    self.base_params,
+                    inputs,
+                    guidance,
+                    jnp.uint32(seed),
+                    jnp.int32(index),
+                    **static,
                 )
                 kept = min(batch, num_images - start)
                 outputs.append(np.asarray(jax.device_get(images))[:kept])
