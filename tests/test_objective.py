@@ -97,8 +97,9 @@ def mean_per_sample_then_batch(losses: np.ndarray, valid: np.ndarray) -> float:
 
 
 NORMALISATIONS = {"pairs": mean_over_valid_pairs, "per_sample": mean_per_sample_then_batch}
-# What sdjax computes today (the authors' form is offered by NORMALISATIONS for when it is).
+# What sdjax computes by default; `train.attention_normalisation` names the two forms.
 SDJAX_NORMALISATION = "pairs"
+SDJAX_NAMES = {"per_token": "pairs", "per_sample": "per_sample"}
 
 
 def expected_loss(
@@ -160,7 +161,8 @@ def reference_loss(model, batch: dict, config, key: jax.Array) -> tuple[float, f
     ids = dropped_prompt(batch["input_ids"], batch["drop_text"], tc)
     prediction, maps = network(model, batch, noised(x0, noise, t), t, ids, subjects, fused)
     maps = [np.asarray(m, np.float64) for m in maps]
-    return expected_loss(np.asarray(prediction), noise, maps, batch, tc)
+    normalisation = SDJAX_NAMES[tc.attention_normalisation]
+    return expected_loss(np.asarray(prediction), noise, maps, batch, tc, normalisation)
 
 
 # -------------------------------------------------------------------------------- fixtures
@@ -266,3 +268,18 @@ def test_normalisations_differ_where_samples_have_different_token_counts():
     one_dropped = np.array([[1.0, 1.0], [0.0, 0.0]])
     assert mean_over_valid_pairs(losses, one_dropped) == pytest.approx(2.0)
     assert mean_per_sample_then_batch(losses, one_dropped) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_the_authors_per_sample_normalisation_in_the_step(config, model, base_batch):
+    """`train.attention_normalisation="per_sample"`: the step's attention term is the authors'
+    mean over each sample's tokens, then over the batch (text-dropped samples count as 0)."""
+    drop_text, drop_mask, drop_subjects = BRANCHES["mixed"]
+    batch = {**base_batch, "drop_text": drop_text, "drop_mask": drop_mask}
+    batch["drop_subjects"] = drop_subjects
+    changed = config.copy_and_resolve_references()
+    changed.train.attention_normalisation = "per_sample"
+    key = jax.random.key(KEY)
+    loss, parts = sdjax_loss(changed, model, batch, key)
+    want, want_diffusion, want_attention = reference_loss(model, batch, changed, key)
+    assert abs(want_attention - reference_loss(model, batch, config, key)[2]) > 1e-6
+    check(loss, parts, want, want_diffusion, want_attention)
