@@ -31,6 +31,7 @@ from transformers.masking_utils import create_causal_mask
 UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
 SUBJECT_MODULES_FILE = "subject_modules.safetensors"
 DEFAULT_MAP_FACTORS = (2, 4, 8)  # SPEC: maps at latent resolutions 32, 16, 8 of a 64 latent
+FOURIER_FREQS = 8  # SPEC §1 "Box Fourier embedding" (diffusers' GLIGEN embedding, base 100)
 LAYER_NORM_EPS = 1e-5
 MAP_EPS = 1e-5  # denominators of the balanced L1 means
 COUNT_EPS = 1e-5  # SPEC: per-sample token sum / (count + 1e-5)
@@ -175,7 +176,7 @@ class SubjectDiffusionTwin(nn.Module):
         self.grounding = GroundingNet(
             vision.hidden_size,
             (vision.image_size // vision.patch_size) ** 2,
-            grounding.get("fourier_freqs", 8),
+            grounding.get("fourier_freqs", FOURIER_FREQS),
             grounding.hidden_dim,
             unet_config["cross_attention_dim"],
             grounding.use_bbox,
@@ -233,6 +234,7 @@ def _check_supported(config: ConfigDict) -> None:
         "model.use_location_mask": (model.get("use_location_mask", True), True),
         "model.cls_fusion": (model.get("cls_fusion", True), True),
         "model.grounding.box_embedding": (model.grounding.get("box_embedding", True), True),
+        "model.grounding.fourier_base": (model.grounding.get("fourier_base", 100.0), 100.0),
         "scheduler.prediction_type": (config.scheduler.prediction_type, "epsilon"),
         "data.cached_latents": (config.data.get("cached_latents", False), False),
     }
