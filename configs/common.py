@@ -1,6 +1,6 @@
 """Settings shared by every preset: the reference training recipe (SPEC §2) and sampling (§4)."""
 
-from ml_collections import ConfigDict, config_dict
+from ml_collections import ConfigDict
 
 from sdjax.input_pipeline.config import default_config as data_config
 from sdjax.tokenizer import BOS_ID, EOS_ID
@@ -49,14 +49,10 @@ def base_config(resolution: int) -> ConfigDict:
     c.train.full_unet = False  # train every UNet parameter instead of SPEC's subset
     c.train.image_encoder_layers = 0  # also train the image encoder's last N blocks + head
     c.train.full_image_encoder = False  # train the whole image encoder (a new image domain)
-    c.train.vae_scaling_factor = 0.18215
     c.train.bos_id = BOS_ID
     c.train.eos_id = EOS_ID
     c.train.pad_id = c.data.get_ref("pad_id")
     c.train.async_checkpoints = True
-    c.train.sigterm_at_step = config_dict.placeholder(
-        int
-    )  # test hook: deliver SIGTERM after step N
 
     c.optimizer = ConfigDict()
     c.optimizer.learning_rate = 3e-5

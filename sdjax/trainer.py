@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ from sdjax.training import trainable
 from sdjax.training.checkpoint import Checkpointer
 from sdjax.training.metrics import MetricsWriter
 from sdjax.training.optimizer import learning_rate_schedule, make_optimizer
+from sdjax.training.preemption import Preemption, StopVote
 from sdjax.training.samples import TrainingSamples
 from sdjax.training.step import TrainState, init_train_state, make_train_step
 from sdjax.training.workdir_lock import workdir_lock
@@ -54,26 +54,6 @@ class TrainResult:
     last_metrics: dict[str, float]
     compilations: int  # how many programs the step compiled to (1 unless shapes changed)
     preempted: bool = False  # stopped by SIGTERM/SIGINT before num_steps, checkpoint saved
-
-
-class Preemption:
-    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (then saves and exits)."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self) -> Preemption:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def distributed_requested(config: ConfigDict) -> bool:
@@ -358,6 +338,10 @@ def _train(
 
     metrics: dict[str, float] = {}
     skipped = int(state.skipped)
+    # Every process stops at the same step: a signal to any host by the vote; a non-finite loss
+    # because `state.skipped` is one replicated value, read at the same steps everywhere.
+    vote = StopVote()
+    stop = False
     with (
         Preemption() as preemption,
         tqdm(
@@ -372,24 +356,24 @@ def _train(
             )
             step += 1
             bar.update()
-            if tc.sigterm_at_step is not None and step == tc.sigterm_at_step:
-                os.kill(os.getpid(), signal.SIGTERM)
-            if step % tc.log_every == 0 or step == tc.num_steps or preemption.requested:
+            stop = vote(preemption.requested)
+            if step % tc.log_every == 0 or step == tc.num_steps or stop:
                 metrics = _log(writer, step, step_metrics, state, timer, config, batches.stats)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
                 skipped = _check_finite(int(state.skipped), skipped, tc.on_nonfinite, step)
             if samples is not None and step % tc.sample_every == 0:
                 grid = samples(step, nnx.merge(run.graphdef, state.params, frozen))
                 writer.write_images(step, {"samples": grid})
-            if preemption.requested or step % tc.checkpoint_every == 0 or step == tc.num_steps:
+            if stop or step % tc.checkpoint_every == 0 or step == tc.num_steps:
                 skipped = _check_finite(int(state.skipped), skipped, tc.on_nonfinite, step)
                 checkpoints.save(step, state, batches, force=True)
-            if preemption.requested:
+            if stop:
                 break
+    vote.settle()
     checkpoints.wait()
     checkpoints.close()
     writer.close()
-    preempted = preemption.requested and step < tc.num_steps
+    preempted = stop and step < tc.num_steps
     return TrainResult(step, state, metrics, step_fn._cache_size(), preempted)
 
 
