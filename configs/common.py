@@ -20,9 +20,13 @@ def base_config(resolution: int) -> ConfigDict:
     c.model.vae_path = ""  # without `pretrained`: a diffusers AutoencoderKL folder, the rest random
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
     c.model.remat = False
-    # Self-attention by blocks of this many tokens with a running softmax (0: whole). Bounds the
-    # T x T logits (335 MB per 4096-token SD layer, float32) and keeps them in cache on CPUs.
+    # Self-attention by blocks of this many tokens with a running softmax (0: whole), for the
+    # blocked implementation (`auto` on CPUs). Bounds the T x T logits (335 MB per 4096-token SD
+    # layer, float32) and keeps them in cache on CPUs.
     c.model.attention_block = 0
+    # The attention implementation: auto (per backend: blocked on CPUs, xla on TPUs, cuDNN's
+    # flash attention on GPUs for bfloat16) | einsum | blocked | xla | cudnn (`models/attention.py`).
+    c.model.attention = "auto"
     # The method's conditioning paths (SPEC §1); switching one off is an ablation.
     c.model.use_location_mask = True  # the UNet's 5th input channel (zeros when off)
     c.model.cls_fusion = True  # the subject CLS replaces the `sks` token embedding

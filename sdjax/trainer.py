@@ -22,7 +22,7 @@ from sdjax import compilation, schedulers, sharding
 from sdjax.input_pipeline import pipeline
 from sdjax.input_pipeline.iterator_state import IncompatibleInputState, PipelineIterator
 from sdjax.models.image_encoder import CLIPVisionConfig, CLIPVisionModelWithProjection
-from sdjax.models.init import init_module
+from sdjax.models.init import Shardings, init_module
 from sdjax.models.subject_diffusion import build_subject_diffusion
 from sdjax.models.tracing import fast_tracing
 from sdjax.models.vae import AutoencoderKL, VAEConfig
@@ -69,20 +69,19 @@ def maybe_initialize_distributed(config: ConfigDict) -> None:
 
 def init_model(config: ConfigDict, mesh: jax.sharding.Mesh):
     """The model with sharded parameters: loaded from `config.model.pretrained` (and the image
-    encoder folder), or randomly initialised (drawn on the host, each device keeps its shards)
-    but for the VAE of `config.model.vae_path` and the image encoder of
-    `config.model.image_encoder_path` when they are given."""
+    encoder folder), or randomly initialised (drawn on the host), but for the VAE of
+    `config.model.vae_path` and the image encoder of `config.model.image_encoder_path` when they
+    are given. Either way each device receives only its shards, straight from the host."""
+    shardings = mesh_shardings(mesh)
     if config.model.pretrained:
-        model = load_parts(
+        return load_parts(
             config.model,
             base=config.model.pretrained,
             image_encoder=config.model.image_encoder_path,
+            shardings=shardings,
         )
-        return place_on_mesh(model, mesh)
     model = init_module(
-        lambda rngs: build_subject_diffusion(config.model, rngs),
-        config.seed,
-        shardings=lambda abstract: sharding.state_shardings(abstract, mesh),
+        lambda rngs: build_subject_diffusion(config.model, rngs), config.seed, shardings=shardings
     )
     if config.model.get("vae_path"):
         model.vae = load_fitted_vae(config.model.vae_path, model.vae.config, mesh)
@@ -103,10 +102,10 @@ def _mismatch(part: str, path: str, found, expected) -> ValueError:
 def load_fitted_vae(path: str, expected: VAEConfig, mesh: jax.sharding.Mesh) -> AutoencoderKL:
     """The VAE of a diffusers folder (e.g. one fitted by `fit_vae.py`) in place of a random one;
     its sizes must be those of `model.vae`, which the step and exports are built from."""
-    vae = load_vae(path)
+    vae = load_vae(path, shardings=mesh_shardings(mesh))
     if dataclasses.replace(vae.config, scaling_factor=expected.scaling_factor) != expected:
         raise _mismatch("VAE", path, vae.config, expected)
-    return place_on_mesh(vae, mesh)
+    return vae
 
 
 def load_fitted_image_encoder(
@@ -114,17 +113,17 @@ def load_fitted_image_encoder(
 ) -> CLIPVisionModelWithProjection:
     """The image encoder of a transformers folder (e.g. one pre-fitted on the toy world) in place
     of a random one; its sizes must be those of `model.image_encoder`."""
-    encoder = load_image_encoder(path, dtype=expected.dtype, remat=expected.remat)
+    encoder = load_image_encoder(
+        path, dtype=expected.dtype, remat=expected.remat, shardings=mesh_shardings(mesh)
+    )
     if encoder.config != expected:
         raise _mismatch("image encoder", path, encoder.config, expected)
-    return place_on_mesh(encoder, mesh)
+    return encoder
 
 
-def place_on_mesh(module: nnx.Module, mesh: jax.sharding.Mesh) -> nnx.Module:
-    """`module` with its state moved to the shardings of the logical-axis rules on `mesh`."""
-    state = nnx.state(module)
-    nnx.update(module, jax.device_put(state, sharding.state_shardings(state, mesh)))
-    return module
+def mesh_shardings(mesh: jax.sharding.Mesh) -> Shardings:
+    """Where each variable of a state goes on `mesh`: the logical-axis rules' shardings."""
+    return lambda state: sharding.state_shardings(state, mesh)
 
 
 def split_trainable(model: nnx.Module, config: ConfigDict):
