@@ -54,7 +54,6 @@ def prepare_toy_world(config: ConfigDict, workdir: Path) -> None:
         raise SystemExit(cli.EXIT_PREEMPTED)
     print(f"VAE: held-out reconstruction error {fitted.final_mae:.4f} ({fitted.export_dir})")
     config.model.vae_path = str(fitted.export_dir)
-    config.train.vae_scaling_factor = fitted.scaling_factor
     encoder = fit_image_encoder(config, stages / "image_encoder", WorldReferences(config))
     print(f"image encoder: held-out accuracy {encoder.accuracy} ({encoder.export_dir})")
     config.model.image_encoder_path = str(encoder.export_dir)

@@ -277,7 +277,7 @@ def subject_diffusion_loss(
     b, s = batch["subject_pixels"].shape[:2]
     with torch.no_grad():  # frozen VAE and image encoder
         posterior = model.vae.encode(nchw(batch["image"])).latent_dist
-        latents = (posterior.mean + posterior.std * draws.latent) * tc.vae_scaling_factor
+        latents = (posterior.mean + posterior.std * draws.latent) * model.vae.config.scaling_factor
         vision = model.image_encoder(pixel_values=nchw(batch["subject_pixels"].flatten(0, 1)))
     keep_text = ~batch["drop_text"]
     subjects = batch["subject_valid"] & ~batch["drop_subjects"][:, None]

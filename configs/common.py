@@ -1,6 +1,6 @@
 """Settings shared by every preset: the reference training recipe (SPEC §2) and sampling (§4)."""
 
-from ml_collections import ConfigDict, config_dict
+from ml_collections import ConfigDict
 
 from sdjax.input_pipeline.config import default_config as data_config
 from sdjax.tokenizer import BOS_ID, EOS_ID
@@ -23,9 +23,13 @@ def base_config(resolution: int) -> ConfigDict:
     c.model.vae_path = ""  # without `pretrained`: a diffusers AutoencoderKL folder, the rest random
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
     c.model.remat = False
-    # Self-attention by blocks of this many tokens with a running softmax (0: whole). Bounds the
-    # T x T logits (335 MB per 4096-token SD layer, float32) and keeps them in cache on CPUs.
+    # Self-attention by blocks of this many tokens with a running softmax (0: whole), for the
+    # blocked implementation (`auto` on CPUs). Bounds the T x T logits (335 MB per 4096-token SD
+    # layer, float32) and keeps them in cache on CPUs.
     c.model.attention_block = 0
+    # The attention implementation: auto (per backend: blocked on CPUs, xla on TPUs, cuDNN's
+    # flash attention on GPUs for bfloat16) | einsum | blocked | xla | cudnn (`models/attention.py`).
+    c.model.attention = "auto"
     # The method's conditioning paths (SPEC §1); switching one off is an ablation.
     c.model.use_location_mask = True  # the UNet's 5th input channel (zeros when off)
     c.model.cls_fusion = True  # the subject CLS replaces the `sks` token embedding
@@ -58,14 +62,10 @@ def base_config(resolution: int) -> ConfigDict:
     c.train.full_unet = False  # train every UNet parameter instead of SPEC's subset
     c.train.image_encoder_layers = 0  # also train the image encoder's last N blocks + head
     c.train.full_image_encoder = False  # train the whole image encoder (a new image domain)
-    c.train.vae_scaling_factor = 0.18215
     c.train.bos_id = BOS_ID
     c.train.eos_id = EOS_ID
     c.train.pad_id = c.data.get_ref("pad_id")
     c.train.async_checkpoints = True
-    c.train.sigterm_at_step = config_dict.placeholder(
-        int
-    )  # test hook: deliver SIGTERM after step N
 
     c.optimizer = ConfigDict()
     c.optimizer.learning_rate = 3e-5

@@ -42,7 +42,7 @@ def get_config(variant: str = "") -> ConfigDict:
     c.workdir = "runs/sd2_base"
     c.model.dtype = "bfloat16"
     c.model.remat = True
-    c.model.attention_block = 512  # 4096-token self-attention in 8 x 8 blocks
+    c.model.attention_block = 512  # on CPUs: 4096-token self-attention in 8 x 8 blocks
     c.model.unet = ConfigDict(
         dict(
             sample_size=RESOLUTION // 8,

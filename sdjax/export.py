@@ -49,7 +49,7 @@ from sdjax.weights.unet import UNET_RENAMES
 from sdjax.weights.vae import RENAMES as VAE_RENAMES
 
 SDJAX_UNET_KEYS = ("grounding_dim", "use_adapter", "attention_map_factors")
-NOT_SAVED = ("dtype", "remat", "attention_block")
+NOT_SAVED = ("dtype", "remat", "attention_block", "attention")
 IMAGE_ENCODER_WEIGHTS = "model.safetensors"
 
 

@@ -88,11 +88,22 @@ def _quiet(tokenizer: CLIPTokenizer) -> CLIPTokenizer:
     return tokenizer
 
 
-def load_tokenizer(model_dir: str | Path | None = None) -> CLIPTokenizer:
-    """The tokenizer in `model_dir/tokenizer/` when there is one, else the bundled CLIP BPE."""
-    folder = Path(model_dir) / "tokenizer" if model_dir is not None else None
-    if folder is None or not folder.is_dir():
+def load_tokenizer(
+    model_dir: str | Path | None = None, *, bundled_if_missing: bool = False
+) -> CLIPTokenizer:
+    """The tokenizer in `model_dir/tokenizer/`; the bundled CLIP BPE when `model_dir` is None, or
+    when that folder is missing and `bundled_if_missing` (otherwise a missing folder is an error:
+    a model's own tokenizer may differ from the bundled one, e.g. in its padding token)."""
+    if model_dir is None:
         return bundled_tokenizer()
+    folder = Path(model_dir) / "tokenizer"
+    if not folder.is_dir():
+        if bundled_if_missing:
+            return bundled_tokenizer()
+        raise FileNotFoundError(
+            f"no tokenizer folder at {folder}; pass bundled_if_missing=True to use the bundled "
+            "CLIP BPE instead"
+        )
     from transformers import CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(str(folder))

@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +22,7 @@ from sdjax import compilation, schedulers, sharding
 from sdjax.input_pipeline import pipeline
 from sdjax.input_pipeline.iterator_state import IncompatibleInputState, PipelineIterator
 from sdjax.models.image_encoder import CLIPVisionConfig, CLIPVisionModelWithProjection
-from sdjax.models.init import init_module
+from sdjax.models.init import Shardings, init_module
 from sdjax.models.subject_diffusion import build_subject_diffusion
 from sdjax.models.tracing import fast_tracing
 from sdjax.models.vae import AutoencoderKL, VAEConfig
@@ -31,6 +30,7 @@ from sdjax.training import trainable
 from sdjax.training.checkpoint import Checkpointer
 from sdjax.training.metrics import MetricsWriter
 from sdjax.training.optimizer import learning_rate_schedule, make_optimizer
+from sdjax.training.preemption import Preemption, StopVote
 from sdjax.training.samples import TrainingSamples
 from sdjax.training.step import TrainState, init_train_state, make_train_step
 from sdjax.training.workdir_lock import workdir_lock
@@ -56,26 +56,6 @@ class TrainResult:
     preempted: bool = False  # stopped by SIGTERM/SIGINT before num_steps, checkpoint saved
 
 
-class Preemption:
-    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (then saves and exits)."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self) -> Preemption:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def distributed_requested(config: ConfigDict) -> bool:
     """Whether this is one process of a multi-host run (by the config or the environment)."""
     return bool(config.distributed) or "JAX_COORDINATOR_ADDRESS" in os.environ
@@ -89,20 +69,19 @@ def maybe_initialize_distributed(config: ConfigDict) -> None:
 
 def init_model(config: ConfigDict, mesh: jax.sharding.Mesh):
     """The model with sharded parameters: loaded from `config.model.pretrained` (and the image
-    encoder folder), or randomly initialised (drawn on the host, each device keeps its shards)
-    but for the VAE of `config.model.vae_path` and the image encoder of
-    `config.model.image_encoder_path` when they are given."""
+    encoder folder), or randomly initialised (drawn on the host), but for the VAE of
+    `config.model.vae_path` and the image encoder of `config.model.image_encoder_path` when they
+    are given. Either way each device receives only its shards, straight from the host."""
+    shardings = mesh_shardings(mesh)
     if config.model.pretrained:
-        model = load_parts(
+        return load_parts(
             config.model,
             base=config.model.pretrained,
             image_encoder=config.model.image_encoder_path,
+            shardings=shardings,
         )
-        return place_on_mesh(model, mesh)
     model = init_module(
-        lambda rngs: build_subject_diffusion(config.model, rngs),
-        config.seed,
-        shardings=lambda abstract: sharding.state_shardings(abstract, mesh),
+        lambda rngs: build_subject_diffusion(config.model, rngs), config.seed, shardings=shardings
     )
     if config.model.get("vae_path"):
         model.vae = load_fitted_vae(config.model.vae_path, model.vae.config, mesh)
@@ -123,10 +102,10 @@ def _mismatch(part: str, path: str, found, expected) -> ValueError:
 def load_fitted_vae(path: str, expected: VAEConfig, mesh: jax.sharding.Mesh) -> AutoencoderKL:
     """The VAE of a diffusers folder (e.g. one fitted by `fit_vae.py`) in place of a random one;
     its sizes must be those of `model.vae`, which the step and exports are built from."""
-    vae = load_vae(path)
+    vae = load_vae(path, shardings=mesh_shardings(mesh))
     if dataclasses.replace(vae.config, scaling_factor=expected.scaling_factor) != expected:
         raise _mismatch("VAE", path, vae.config, expected)
-    return place_on_mesh(vae, mesh)
+    return vae
 
 
 def load_fitted_image_encoder(
@@ -134,17 +113,17 @@ def load_fitted_image_encoder(
 ) -> CLIPVisionModelWithProjection:
     """The image encoder of a transformers folder (e.g. one pre-fitted on the toy world) in place
     of a random one; its sizes must be those of `model.image_encoder`."""
-    encoder = load_image_encoder(path, dtype=expected.dtype, remat=expected.remat)
+    encoder = load_image_encoder(
+        path, dtype=expected.dtype, remat=expected.remat, shardings=mesh_shardings(mesh)
+    )
     if encoder.config != expected:
         raise _mismatch("image encoder", path, encoder.config, expected)
-    return place_on_mesh(encoder, mesh)
+    return encoder
 
 
-def place_on_mesh(module: nnx.Module, mesh: jax.sharding.Mesh) -> nnx.Module:
-    """`module` with its state moved to the shardings of the logical-axis rules on `mesh`."""
-    state = nnx.state(module)
-    nnx.update(module, jax.device_put(state, sharding.state_shardings(state, mesh)))
-    return module
+def mesh_shardings(mesh: jax.sharding.Mesh) -> Shardings:
+    """Where each variable of a state goes on `mesh`: the logical-axis rules' shardings."""
+    return lambda state: sharding.state_shardings(state, mesh)
 
 
 def split_trainable(model: nnx.Module, config: ConfigDict):
@@ -363,6 +342,10 @@ def _train(
 
     metrics: dict[str, float] = {}
     skipped = int(state.skipped)
+    # Every process stops at the same step: a signal to any host by the vote; a non-finite loss
+    # because `state.skipped` is one replicated value, read at the same steps everywhere.
+    vote = StopVote()
+    stop = False
     with (
         Preemption() as preemption,
         tqdm(
@@ -377,24 +360,24 @@ def _train(
             )
             step += 1
             bar.update()
-            if tc.sigterm_at_step is not None and step == tc.sigterm_at_step:
-                os.kill(os.getpid(), signal.SIGTERM)
-            if step % tc.log_every == 0 or step == tc.num_steps or preemption.requested:
+            stop = vote(preemption.requested)
+            if step % tc.log_every == 0 or step == tc.num_steps or stop:
                 metrics = _log(writer, step, step_metrics, state, timer, config, batches.stats)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
                 skipped = _check_finite(int(state.skipped), skipped, tc.on_nonfinite, step)
             if samples is not None and step % tc.sample_every == 0:
                 grid = samples(step, nnx.merge(run.graphdef, state.params, frozen))
                 writer.write_images(step, {"samples": grid})
-            if preemption.requested or step % tc.checkpoint_every == 0 or step == tc.num_steps:
+            if stop or step % tc.checkpoint_every == 0 or step == tc.num_steps:
                 skipped = _check_finite(int(state.skipped), skipped, tc.on_nonfinite, step)
                 checkpoints.save(step, state, batches, force=True)
-            if preemption.requested:
+            if stop:
                 break
+    vote.settle()
     checkpoints.wait()
     checkpoints.close()
     writer.close()
-    preempted = preemption.requested and step < tc.num_steps
+    preempted = stop and step < tc.num_steps
     return TrainResult(step, state, metrics, step_fn._cache_size(), preempted)
 
 

@@ -12,8 +12,10 @@ updated trainable parameters, gathered from all processes, to an .npz file.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -27,7 +29,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--records", required=True, help="comma-separated TFRecord files")
     parser.add_argument("--mesh", default="data=2,fsdp=4", help="axis=size,... over all devices")
     parser.add_argument("--timeout", type=int, default=120, help="seconds to wait for the others")
-    parser.add_argument("--out", required=True, help=".npz written by process 0")
+    parser.add_argument("--out", required=True, help="where the results are written")
     return parser.parse_args()
 
 
@@ -46,18 +48,13 @@ def parse_mesh(text: str) -> dict[str, int]:
     return {name: int(size) for name, size in (item.split("=") for item in text.split(","))}
 
 
-def main() -> None:
-    args = parse_args()
+def join(args: argparse.Namespace) -> None:
+    """Simulates this process's CPU devices and joins the others (gloo CPU collectives); SIGUSR1
+    prints every thread's stack (what a hung worker was waiting for)."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     simulate_cpu_devices(args.devices)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
     import jax
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    from sdjax import sharding, trainer
-    from sdjax.input_pipeline import pipeline
-    from tests.training_config import micro_config
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
@@ -70,6 +67,30 @@ def main() -> None:
     )
     assert jax.local_device_count() == args.devices, jax.local_devices()
 
+
+def gathered_params(params) -> dict:
+    """Every process's shards of `params` gathered, as {key path: array} (a collective)."""
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    flat = jax.tree_util.tree_flatten_with_path(
+        multihost_utils.process_allgather(params, tiled=True)
+    )[0]
+    return {jax.tree_util.keystr(path): np.asarray(x) for path, x in flat}
+
+
+def main() -> None:
+    args = parse_args()
+    join(args)
+
+    import jax
+    import numpy as np
+
+    from sdjax import sharding, trainer
+    from sdjax.input_pipeline import pipeline
+    from tests.training_config import micro_config
+
     config = micro_config(args.records)
     mesh = sharding.make_mesh(parse_mesh(args.mesh))
     run = trainer.build_run(config, mesh)
@@ -77,11 +98,9 @@ def main() -> None:
     batch = trainer.global_batch(local, sharding.batch_sharding(mesh))
     state, metrics = run.step_fn(run.state, run.frozen, batch)
 
-    params = multihost_utils.process_allgather(state.params, tiled=True)
+    params = gathered_params(state.params)
     if jax.process_index() == 0:
-        flat = jax.tree_util.tree_flatten_with_path(params)[0]
-        arrays = {jax.tree_util.keystr(path): np.asarray(x) for path, x in flat}
-        np.savez(args.out, loss=np.asarray(jax.device_get(metrics["loss"])), **arrays)
+        np.savez(args.out, loss=np.asarray(jax.device_get(metrics["loss"])), **params)
     jax.distributed.shutdown()
 
 

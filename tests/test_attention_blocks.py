@@ -1,4 +1,6 @@
-"""sdjax's attention equals `jax.nn.dot_product_attention`, whole or by blocks."""
+"""sdjax's attention equals `jax.nn.dot_product_attention`, whole or by blocks, and every
+implementation that runs on CPU (`einsum`, `blocked`, `xla`) equals a NumPy softmax attention and
+the others, values and gradients; `auto` picks per backend."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +8,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sdjax.models.attention import Transformer2DModel, attend
+from sdjax.models.attention import (
+    Transformer2DModel,
+    attend,
+    backend_attention,
+    cudnn_accepts,
+)
+from sdjax.models.unet import UNetConfig
 
 TOLERANCE = 2e-5  # float32, max abs difference
 
@@ -34,8 +42,39 @@ def test_attention_equals_jax_attention_and_so_do_gradients(tokens, num_keys, bl
         np.testing.assert_allclose(got, want, atol=TOLERANCE)
 
 
-def test_transformer_with_blocks_and_adapter_matches_whole():
-    def build(block: int) -> Transformer2DModel:
+CPU_KINDS = ("einsum", "blocked", "xla")
+BLOCK = 32
+
+
+def numpy_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """softmax(q·k / sqrt(H)) v per head, in float64."""
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    logits = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(q.shape[-1])
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    return np.einsum("bnts,bsnh->btnh", probs, v)
+
+
+def test_every_cpu_implementation_equals_numpy_and_the_others():
+    keys = jax.random.split(jax.random.key(2), 4)
+    q = jax.random.normal(keys[0], (2, 100, 3, 8))
+    k, v = (jax.random.normal(key, (2, 100, 3, 8)) for key in keys[1:3])
+    weights = jax.random.normal(keys[3], q.shape)
+    want = numpy_attention(q, k, v)
+    grads = {}
+    for kind in CPU_KINDS:
+        run = lambda q, k, v, kind=kind: attend(q, k, v, BLOCK, kind)  # noqa: E731
+        np.testing.assert_allclose(run(q, k, v), want, atol=TOLERANCE, err_msg=kind)
+        loss = lambda q, k, v, run=run: jnp.sum(run(q, k, v) * weights)  # noqa: E731
+        grads[kind] = jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+    for kind in CPU_KINDS[1:]:
+        for got, ref in zip(grads[kind], grads[CPU_KINDS[0]], strict=True):
+            np.testing.assert_allclose(got, ref, atol=TOLERANCE, err_msg=kind)
+
+
+@pytest.mark.parametrize("block, kind", [(24, "blocked"), (24, "auto"), (24, "xla"), (0, "xla")])
+def test_transformer_with_adapter_of_each_implementation_matches_einsum(block, kind):
+    def build(block: int, kind: str) -> Transformer2DModel:
         return Transformer2DModel(
             32,
             heads=2,
@@ -43,16 +82,31 @@ def test_transformer_with_blocks_and_adapter_matches_whole():
             grounding_dim=24,
             use_linear_projection=True,
             attention_block=block,
+            attention=kind,
             rngs=nnx.Rngs(0),
         )
 
-    whole, blocked = build(0), build(24)
+    ours, whole = build(block, kind), build(0, "einsum")
     keys = jax.random.split(jax.random.key(1), 3)
     x = jax.random.normal(keys[0], (2, 8, 8, 32))  # 64 visual tokens, + 5 grounding tokens
     context = jax.random.normal(keys[1], (2, 7, 16))
     grounding = jax.random.normal(keys[2], (2, 5, 24))
-    for block in (*whole.transformer_blocks, *blocked.transformer_blocks):
-        block.fuser.alpha_attn[...] = 1.0  # open the adapter's gate
-    ours, _ = blocked(x, context, grounding)
-    ref, _ = whole(x, context, grounding)
-    np.testing.assert_allclose(ours, ref, atol=TOLERANCE)
+    for layer in (*ours.transformer_blocks, *whole.transformer_blocks):
+        layer.fuser.alpha_attn[...] = 1.0  # open the adapter's gate
+    np.testing.assert_allclose(
+        ours(x, context, grounding)[0], whole(x, context, grounding)[0], atol=TOLERANCE
+    )
+
+
+def test_auto_picks_per_backend_and_bad_choices_are_refused():
+    assert backend_attention("cpu") == "blocked"
+    assert backend_attention("tpu") == "xla"
+    assert backend_attention("gpu") == backend_attention("cuda") == "cudnn"
+    bf16 = jnp.zeros((1, 4, 2, 64), jnp.bfloat16)
+    assert cudnn_accepts(bf16, bf16)
+    assert not cudnn_accepts(bf16.astype(jnp.float32), bf16.astype(jnp.float32))  # 16-bit only
+    assert not cudnn_accepts(bf16[..., :12], bf16[..., :12])  # head size not a multiple of 8
+    with pytest.raises(ValueError, match="attention='flash'; choose one of"):
+        UNetConfig(attention="flash")
+    with pytest.raises(ValueError, match="attention='blocked' needs attention_block > 0"):
+        UNetConfig(attention="blocked")

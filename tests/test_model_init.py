@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import config as flax_config
 from flax import nnx
 
 from sdjax import sharding
@@ -116,3 +117,17 @@ def test_torch_linear_init_of_the_added_layers_only():
     with pytest.raises(ValueError, match="new_layer_init='kaiming'"):
         config.new_layer_init = "kaiming"
         build_subject_diffusion(config, nnx.Rngs(0))
+
+
+def test_modules_build_under_flax_defaults_inside_a_mesh():
+    """Importing sdjax leaves flax's global flags alone, and under them (variables sharded at
+    creation when annotated) a module still builds inside a mesh context without being split by
+    its logical axes: placement is `sdjax.sharding`'s, once per model."""
+    import sdjax.trainer  # noqa: F401  every floor of the package
+
+    assert flax_config.flax_always_shard_variable  # flax's default
+    mesh = sharding.make_mesh({"fsdp": 8})
+    with jax.set_mesh(mesh):
+        module = Small(nnx.Rngs(0))
+    kernel = module.dense.kernel.get_value()
+    assert kernel.sharding.is_fully_replicated  # not split by its logical axes at creation

@@ -78,7 +78,9 @@ def test_model_folder_tokenizer_is_preferred(tmp_path, clip):
     loaded = tok.load_tokenizer(tmp_path)
     assert loaded is not clip and loaded.pad_token_id == 0
     assert tok.caption_ids(loaded, "a photo of a dog") == tok.caption_ids(clip, "a photo of a dog")
-    assert tok.load_tokenizer(tmp_path / "no-such-model") is clip
+    with pytest.raises(FileNotFoundError, match=r"no tokenizer folder at .*no-such-model"):
+        tok.load_tokenizer(tmp_path / "no-such-model")
+    assert tok.load_tokenizer(tmp_path / "no-such-model", bundled_if_missing=True) is clip
 
 
 def test_model_folder_with_vocab_files(tmp_path):

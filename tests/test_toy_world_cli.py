@@ -66,7 +66,9 @@ def test_every_stage_leaves_its_output(run):
     config = json.loads((workdir / "config.json").read_text())
     assert config["model"]["vae_path"] == str(workdir / "vae" / "export")
     fitted = json.loads((workdir / "vae" / "export" / "config.json").read_text())
-    assert config["train"]["vae_scaling_factor"] == pytest.approx(fitted["scaling_factor"])
+    exported = json.loads((workdir / "export" / "vae" / "config.json").read_text())
+    assert exported["scaling_factor"] == pytest.approx(fitted["scaling_factor"])
+    assert "vae_scaling_factor" not in config["train"]  # the VAE's config is the one source
     assert config["model"]["image_encoder_path"] == str(workdir / "image_encoder" / "export")
     steps = [
         json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()

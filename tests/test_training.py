@@ -12,6 +12,7 @@ from data.build_sample import build_sample_records
 from sdjax import sharding, trainer
 from sdjax.input_pipeline import pipeline
 from sdjax.training import trainable
+from tests.interrupt import sigterm_at_step
 from tests.training_config import micro_config
 
 TOLERANCE = 1e-5  # float32, max abs difference of loss and updated parameters
@@ -78,22 +79,23 @@ def _final_params(result):
 
 @pytest.fixture(scope="module")
 def straight_and_resumed(config, tmp_path_factory):
-    """The same 6 steps run straight, and run to step 3, stopped by SIGTERM, then resumed."""
+    """The same 6 steps run straight, and run to step 3, stopped by SIGTERM, then resumed; the
+    interrupted run saves through the asynchronous checkpointer (the default)."""
     steps, root = 6, tmp_path_factory.mktemp("runs")
     straight = config.copy_and_resolve_references()
     straight.train.num_steps = steps
     reference = trainer.train(straight, root / "straight")
     interrupted = straight.copy_and_resolve_references()
-    interrupted.train.sigterm_at_step = 3
-    first = trainer.train(interrupted, root / "resumed")
+    interrupted.train.async_checkpoints = True
+    first = trainer.train(interrupted, root / "resumed", make_batches=sigterm_at_step(3))
     latest = trainer.checkpointer(interrupted, root / "resumed").latest_step()
-    resumed = trainer.train(straight, root / "resumed")
+    resumed = trainer.train(interrupted, root / "resumed")
     return straight, root, reference, first, latest, resumed
 
 
 def test_sigterm_then_resume_equals_straight_run(straight_and_resumed):
     config, root, reference, first, latest, resumed = straight_and_resumed
-    assert first.step == 3 and latest == 3  # SIGTERM: checkpoint written, loop left early
+    assert first.step == 3 and first.preempted and latest == 3  # saved, loop left early
     assert reference.step == resumed.step == config.train.num_steps
     assert reference.compilations == resumed.compilations == 1
     got, want = _metrics(root / "resumed"), _metrics(root / "straight")

@@ -299,6 +299,25 @@ def test_adapter_scale_scales_both_gates(sd2):
     assert max_diff(got, want) <= TOL
 
 
+def test_any_layout_loads_with_the_maps_it_has(tmp_path):
+    """A plain diffusers UNet without cross-attention at factor 8 (SD2-style, 3 blocks) loads with
+    the maps it has; only a config asking for a map it lacks is refused, naming the factor."""
+    ref = reference_unet(SD2, 5)
+    ref.save_pretrained(tmp_path, safe_serialization=True)
+    model = load_unet(tmp_path)
+    assert model.config.attention_map_factors == SD2_FACTORS
+    inp = make_inputs(SD2, 5)
+    grounding = np.zeros((2, GROUNDING_LEN, model.config.grounding_dim), np.float32)
+    got, maps = run(
+        model, with_mask(inp["x"]), inp["t"], inp["context"], grounding, positions=POSITIONS
+    )
+    assert max_diff(got, torch_forward(ref, inp)) <= TOL  # fresh adapters: the plain UNet
+    latent = SD2["sample_size"]
+    assert sorted({m.shape[1] for m in maps}) == sorted(latent // f for f in SD2_FACTORS)
+    with pytest.raises(ValueError, match=r"factor 8, which this layout lacks.*\[1, 2, 4\]"):
+        load_unet(tmp_path, attention_map_factors=(2, 4, 8))
+
+
 class CaptureProbs:
     """A diffusers attention processor that computes attention explicitly and records the
     head-averaged probabilities at `positions` for feature maps at the wanted factors."""
@@ -472,7 +491,7 @@ def test_config_from_folder_and_unsupported_options(sd1):
         UNetConfig.from_diffusers({**SD2_BASE, "class_embed_type": "timestep"})
     with pytest.raises(ValueError, match=r"frobnicate \(unknown option\)"):
         UNetConfig.from_diffusers({**SD2_BASE, "frobnicate": 1})
-    with pytest.raises(ValueError, match=r"no cross-attention block at factor 16"):
+    with pytest.raises(ValueError, match=r"factor 16, which this layout lacks"):
         UNetConfig.from_diffusers(SD2_BASE, attention_map_factors=(16,))
 
 

@@ -11,11 +11,17 @@ gates () (scalars); the rest as in `sdjax.models.layers`.
 
 Attention logits and softmax are float32 whatever the compute dtype (diffusers'
 `upcast_attention` is therefore always on): q·k accumulates in float32 from compute-dtype q and k,
-the softmax runs in float32 and the probabilities are cast to v's dtype. Written out as two
-einsums and a softmax, which XLA:CPU runs 2.6x faster forward and 1.4x faster backward than
-`jax.nn.dot_product_attention`'s XLA path at 1024 tokens (`docs/benchmarks.md`); with an
-`attention_block`, self-attention runs block by block (`blocked_attention`). Asking for maps
-also returns the head-averaged probabilities at the requested key positions.
+the softmax runs in float32 and the probabilities are cast to v's dtype.
+
+The implementation is chosen per backend (`attention`, one of `ATTENTION_KINDS`; `auto` by
+default): `einsum` writes attention out as two einsums and a softmax, which XLA:CPU runs 2.6x
+faster forward and 1.4x faster backward than `jax.nn.dot_product_attention`'s XLA path at 1024
+tokens (`docs/benchmarks.md`); `blocked` runs self-attention block by block when an
+`attention_block` is set (`blocked_attention`), else as `einsum`; `xla` and `cudnn` are
+`jax.nn.dot_product_attention`'s implementations (cuDNN's flash attention: GPUs, 16-bit inputs).
+`auto` is `blocked` on CPUs, `xla` on TPUs and `cudnn` on GPUs where cuDNN takes the inputs
+(`xla` otherwise). Asking for maps computes the probabilities explicitly (`einsum`) and also
+returns their head average at the requested key positions.
 """
 
 from __future__ import annotations
@@ -24,13 +30,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sdjax.models.init import ZEROS
+from sdjax.models.init import EAGER_SHARDING, ZEROS
 from sdjax.models.layers import DType, GroupNorm, LayerNorm, conv, linear, remat_call
 
 QKV_AXES = ("embed", "heads")
 OUT_AXES = ("heads", "embed")
 MLP_OUT_AXES = ("mlp", "embed")
 GATE_AXES = ()
+ATTENTION_KINDS = ("auto", "einsum", "blocked", "xla", "cudnn")
+GPU_PLATFORMS = ("gpu", "cuda", "rocm")
+CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+CUDNN_MAX_HEAD_SIZE = 128
 FF_MULT = 4
 TRANSFORMER_NORM_EPS = 1e-6  # the GroupNorm in front of every Transformer2DModel
 LAYER_NORM_EPS = 1e-5
@@ -59,14 +69,50 @@ def probs_at(probs: jax.Array, positions: jax.Array) -> jax.Array:
     return jnp.take_along_axis(probs, index, axis=-1).mean(axis=1)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, block: int = 0) -> jax.Array:
-    """Softmax attention of q (B, T, N, H) over k, v (B, S, N, H).
+def check_attention(kind: str, block: int) -> None:
+    """Refuses an unknown implementation, and `blocked` without a block size."""
+    if kind not in ATTENTION_KINDS:
+        raise ValueError(f"attention={kind!r}; choose one of {ATTENTION_KINDS}")
+    if kind == "blocked" and block <= 0:
+        raise ValueError(f"attention='blocked' needs attention_block > 0, got {block}")
 
-    With `block` > 0 and more than `block` queries or keys, attention runs block by block
+
+def backend_attention(platform: str) -> str:
+    """What `auto` stands for on a backend (`jax.default_backend()` names): `cudnn` on GPUs
+    (where `cudnn_accepts` the inputs), `xla` on TPUs, `blocked` on CPUs."""
+    if platform in GPU_PLATFORMS:
+        return "cudnn"
+    return "xla" if platform == "tpu" else "blocked"
+
+
+def cudnn_accepts(q: jax.Array, k: jax.Array) -> bool:
+    """Whether cuDNN's flash attention takes these inputs (16-bit, head size a multiple of 8 up
+    to `CUDNN_MAX_HEAD_SIZE`)."""
+    head = q.shape[-1]
+    return (
+        q.dtype in CUDNN_DTYPES
+        and k.dtype == q.dtype
+        and head % 8 == 0
+        and head <= CUDNN_MAX_HEAD_SIZE
+    )
+
+
+def attend(
+    q: jax.Array, k: jax.Array, v: jax.Array, block: int = 0, kind: str = "auto"
+) -> jax.Array:
+    """Softmax attention of q (B, T, N, H) over k, v (B, S, N, H) by the implementation `kind`.
+
+    `blocked` with `block` > 0 and more than `block` queries or keys runs block by block
     (`blocked_attention`): never more than block × block logits per head exist, instead of T × S
     (335 MB per layer for SD 2's 4096 tokens, float32).
     """
-    if not block or max(q.shape[1], k.shape[1]) <= block:
+    if kind == "auto":
+        kind = backend_attention(jax.default_backend())
+        if kind == "cudnn" and not cudnn_accepts(q, k):
+            kind = "xla"
+    if kind in ("xla", "cudnn"):
+        return jax.nn.dot_product_attention(q, k, v, implementation=kind).astype(v.dtype)
+    if kind == "einsum" or not block or max(q.shape[1], k.shape[1]) <= block:
         return weighted_values(attention_probs(q, k), v)
     return blocked_attention(q, k, v, block)
 
@@ -128,7 +174,7 @@ def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, block: int) -> j
 class Attention(nnx.Module):
     """Multi-head attention: `to_q`, `to_k`, `to_v` (no bias) and `to_out`.
 
-    `attention_block`: see `attend` (0: all tokens at once).
+    `attention_block`, `attention`: the block size and the implementation (see `attend`).
     """
 
     def __init__(
@@ -139,13 +185,16 @@ class Attention(nnx.Module):
         dim_head: int,
         context_dim: int | None = None,
         attention_block: int = 0,
+        attention: str = "auto",
         dtype: DType = jnp.float32,
         rngs: nnx.Rngs,
     ):
+        check_attention(attention, attention_block)
         inner = heads * dim_head
         context_dim = context_dim or query_dim
         self.heads = heads
         self.attention_block = attention_block
+        self.attention = attention
 
         def proj(n_in: int, n_out: int, axes: tuple[str, str], bias: bool) -> nnx.Linear:
             return linear(n_in, n_out, use_bias=bias, axes=axes, dtype=dtype, rngs=rngs)
@@ -169,7 +218,7 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
         """Attention of x (B, T, D) over context (B, S, C) (x itself when None)."""
         q, k, v = self._qkv(x, context)
-        return self._out(attend(q, k, v, self.attention_block))
+        return self._out(attend(q, k, v, self.attention_block, self.attention))
 
     def with_maps(
         self, x: jax.Array, context: jax.Array | None, positions: jax.Array
@@ -212,6 +261,7 @@ class GatedSelfAttentionDense(nnx.Module):
         heads: int,
         dim_head: int,
         attention_block: int = 0,
+        attention: str = "auto",
         dtype: DType = jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -221,14 +271,25 @@ class GatedSelfAttentionDense(nnx.Module):
             heads=heads,
             dim_head=dim_head,
             attention_block=attention_block,
+            attention=attention,
             dtype=dtype,
             rngs=rngs,
         )
         self.ff = FeedForward(query_dim, dtype=dtype, rngs=rngs)
         self.norm1 = LayerNorm(query_dim, LAYER_NORM_EPS, rngs=rngs)
         self.norm2 = LayerNorm(query_dim, LAYER_NORM_EPS, rngs=rngs)
-        self.alpha_attn = nnx.Param(jnp.zeros((), jnp.float32), out_sharding=GATE_AXES, init=ZEROS)
-        self.alpha_dense = nnx.Param(jnp.zeros((), jnp.float32), out_sharding=GATE_AXES, init=ZEROS)
+        self.alpha_attn = nnx.Param(
+            jnp.zeros((), jnp.float32),
+            out_sharding=GATE_AXES,
+            init=ZEROS,
+            eager_sharding=EAGER_SHARDING,
+        )
+        self.alpha_dense = nnx.Param(
+            jnp.zeros((), jnp.float32),
+            out_sharding=GATE_AXES,
+            init=ZEROS,
+            eager_sharding=EAGER_SHARDING,
+        )
 
     def __call__(
         self, x: jax.Array, grounding: jax.Array, scale: float | jax.Array = 1.0
@@ -256,11 +317,16 @@ class BasicTransformerBlock(nnx.Module):
         context_dim: int,
         grounding_dim: int | None,
         attention_block: int = 0,
+        attention: str = "auto",
         dtype: DType = jnp.float32,
         rngs: nnx.Rngs,
     ):
         heads_args = dict(
-            heads=heads, dim_head=dim_head, attention_block=attention_block, dtype=dtype
+            heads=heads,
+            dim_head=dim_head,
+            attention_block=attention_block,
+            attention=attention,
+            dtype=dtype,
         )
         self.norm1 = LayerNorm(dim, LAYER_NORM_EPS, rngs=rngs)
         self.attn1 = Attention(dim, **heads_args, rngs=rngs)
@@ -271,7 +337,13 @@ class BasicTransformerBlock(nnx.Module):
         )
         self.norm2 = LayerNorm(dim, LAYER_NORM_EPS, rngs=rngs)
         self.attn2 = Attention(
-            dim, heads=heads, dim_head=dim_head, context_dim=context_dim, dtype=dtype, rngs=rngs
+            dim,
+            heads=heads,
+            dim_head=dim_head,
+            context_dim=context_dim,
+            attention="einsum" if attention == "blocked" else attention,  # 77 keys: no blocks
+            dtype=dtype,
+            rngs=rngs,
         )
         self.norm3 = LayerNorm(dim, LAYER_NORM_EPS, rngs=rngs)
         self.ff = FeedForward(dim, dtype=dtype, rngs=rngs)
@@ -315,6 +387,7 @@ class Transformer2DModel(nnx.Module):
         grounding_dim: int | None = None,
         remat: bool = False,
         attention_block: int = 0,
+        attention: str = "auto",
         dtype: DType = jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -338,6 +411,7 @@ class Transformer2DModel(nnx.Module):
                     context_dim=context_dim,
                     grounding_dim=grounding_dim,
                     attention_block=attention_block,
+                    attention=attention,
                     dtype=dtype,
                     rngs=rngs,
                 )

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sdjax.models.clip import CLIPEncoder, CLIPEncoderConfig
+from sdjax.models.init import EAGER_SHARDING
 from sdjax.models.layers import CONV_AXES, DType, LayerNorm, embedding, linear
 
 
@@ -59,7 +60,9 @@ class CLIPVisionEmbeddings(nnx.Module):
         d, p = config.hidden_size, config.patch_size
         self.image_size = config.image_size
         self.class_embedding = nnx.Param(
-            jax.random.normal(rngs.params(), (d,), jnp.float32) * d**-0.5, out_sharding=("embed",)
+            jax.random.normal(rngs.params(), (d,), jnp.float32) * d**-0.5,
+            out_sharding=("embed",),
+            eager_sharding=EAGER_SHARDING,
         )
         self.patch_embedding = nnx.Conv(
             config.num_channels,
@@ -70,7 +73,9 @@ class CLIPVisionEmbeddings(nnx.Module):
             use_bias=False,
             dtype=config.dtype,
             param_dtype=jnp.float32,
-            kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), CONV_AXES),
+            kernel_init=nnx.with_partitioning(
+                nnx.initializers.lecun_normal(), CONV_AXES, eager_sharding=EAGER_SHARDING
+            ),
             rngs=rngs,
         )
         self.position_embedding = embedding(

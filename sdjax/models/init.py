@@ -38,6 +38,9 @@ TRUNCATED_STDDEV = 0.87962566103423978
 CHUNK = 1 << 18  # values per Box–Muller chunk: temporaries stay in cache
 
 NnxPath = tuple[str | int, ...]
+# abstract state → a matching state of `jax.sharding.Sharding`s to place each variable with
+# (e.g. `lambda s: sdjax.sharding.state_shardings(s, mesh)`).
+Shardings = Callable[[nnx.State], nnx.State]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +71,9 @@ _JAX_INITIALIZERS: dict[str, Callable[[InitSpec], nnx.Initializer]] = {
     "uniform": lambda spec: symmetric_uniform(spec.limit),
 }
 ZEROS, ONES, LECUN_NORMAL = InitSpec("zeros"), InitSpec("ones"), InitSpec("lecun_normal")
+# Parameters carry their logical axis names as metadata only: `sdjax.sharding` places them once a
+# mesh exists, so flax must not shard them at creation (whatever `flax_always_shard_variable`).
+EAGER_SHARDING = False
 
 
 def symmetric_uniform(limit: float) -> nnx.Initializer:
@@ -103,7 +109,9 @@ def torch_linear_init(module: nnx.Module, rngs: nnx.Rngs) -> None:
 
 def initializer(spec: InitSpec, axes: Sequence[str | None]) -> nnx.Initializer:
     """The jax initialiser of `spec`, with logical axis names and the spec as metadata."""
-    return nnx.with_partitioning(_JAX_INITIALIZERS[spec.kind](spec), tuple(axes), init=spec)
+    return nnx.with_partitioning(
+        _JAX_INITIALIZERS[spec.kind](spec), tuple(axes), init=spec, eager_sharding=EAGER_SHARDING
+    )
 
 
 def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
@@ -202,30 +210,28 @@ def initial_values(
 
     with fast_tracing():
         values = init()
-    return {p: np.asarray(v) for p, v in values.items()}
+    # Copies: a view would keep the default device's buffer alive under the placed arrays.
+    return {p: np.array(v) for p, v in values.items()}
 
 
 def init_module(
     build: Callable[[nnx.Rngs], nnx.Module],
     seed: int = 0,
-    shardings: Callable[[nnx.State], nnx.State] | None = None,
+    shardings: Shardings | None = None,
 ) -> nnx.Module:
     """`build(nnx.Rngs(seed))` with every `InitSpec` parameter drawn on the host (see module doc).
 
-    shardings(abstract_state) → a matching state of `jax.sharding.Sharding`s to place each
-    variable with (e.g. `lambda s: sdjax.sharding.state_shardings(s, mesh)`); default: the
-    default device. Each host draws the full value and keeps its own shards.
+    shardings: where each variable goes (`Shardings`); default: the default device. Each host
+    draws the full value and keeps its own shards.
     """
     with fast_tracing():
         abstract = nnx.eval_shape(lambda: build(nnx.Rngs(seed)))
     graphdef, state = nnx.split(abstract)
     flat = dict(nnx.to_flat_state(state))
-    placement = None
-    if shardings is not None:
-        placement = dict(nnx.to_flat_state(shardings(state)))
+    placement = flat_placement(state, shardings)
 
     def place(path: NnxPath, host: np.ndarray) -> jax.Array:
-        return _place(host, placement[path] if placement else None)
+        return place_host_value(host, placement.get(path))
 
     values = host_values(build, flat, list(flat), seed, transform=place)
     for path, var in flat.items():
@@ -258,8 +264,14 @@ def host_values(
         return dict(zip(order, pool.map(draw, order), strict=True))
 
 
-def _place(host: np.ndarray, sharding) -> jax.Array:
+def flat_placement(state: nnx.State, shardings: Shardings | None) -> dict[NnxPath, Any]:
+    """{path: sharding} of `shardings(state)`; empty without `shardings` (the default device)."""
+    return {} if shardings is None else dict(nnx.to_flat_state(shardings(state)))
+
+
+def place_host_value(host: np.ndarray, sharding=None) -> jax.Array:
+    """`host` on the default device, or split by `sharding`: each device receives only its shard."""
     if sharding is None:
-        return jax.device_put(host)
+        return jax.device_put(host)  # a CPU device adopts an aligned host buffer without a copy
     sharding = sharding.get_value() if isinstance(sharding, nnx.Variable) else sharding
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])

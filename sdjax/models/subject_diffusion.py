@@ -97,6 +97,7 @@ def part_configs(config: ConfigDict) -> dict:
         dtype=dtype,
         remat=config.remat,
         attention_block=config.get("attention_block", 0),  # absent in older exports
+        attention=config.get("attention", "auto"),
     )
     text = CLIPTextConfig(**config.text_encoder.to_dict(), dtype=dtype, remat=config.remat)
     image = CLIPVisionConfig(**config.image_encoder.to_dict(), dtype=dtype, remat=config.remat)

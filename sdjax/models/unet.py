@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sdjax.models.attention import Transformer2DModel
+from sdjax.models.attention import Transformer2DModel, check_attention
 from sdjax.models.embeddings import TimestepEmbedding, timestep_embedding
 from sdjax.models.layers import GroupNorm, activation, conv, remat_call
 from sdjax.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
@@ -26,6 +26,8 @@ CROSS_DOWN, PLAIN_DOWN = "CrossAttnDownBlock2D", "DownBlock2D"
 CROSS_UP, PLAIN_UP = "CrossAttnUpBlock2D", "UpBlock2D"
 MID_BLOCK = "UNetMidBlock2DCrossAttn"
 TIME_EMBED_MULT = 4
+# SPEC's attention maps: 32, 16 and 8 px for a 64 px latent (SD at 512 px).
+DEFAULT_MAP_FACTORS = (2, 4, 8)
 COMPUTE_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
 IntOrTuple = int | tuple[int, ...]
@@ -38,7 +40,8 @@ class UNetConfig:
     `attention_head_dim` is, as in diffusers' UNet2DConditionModel, the NUMBER of attention
     heads (per block, or one for all): SD 1.x uses 8, SD 2.x (5, 10, 20, 20), i.e. 64-wide heads.
     `attention_map_factors`: downsampling factors (relative to the latent) of the blocks whose
-    cross-attention maps the attention loss reads.
+    cross-attention maps the attention loss reads; None: those of `DEFAULT_MAP_FACTORS` that the
+    layout has. Factors given explicitly (a training config's) must all be in the layout.
     """
 
     in_channels: int = 5
@@ -66,8 +69,9 @@ class UNetConfig:
     use_adapter: bool = True
     remat: bool = False
     attention_block: int = 0  # self-attention tokens per block (`attention.attend`); 0: whole
+    attention: str = "auto"  # the implementation, per backend by default (`attention.attend`)
     dtype: Any = jnp.float32
-    attention_map_factors: tuple[int, ...] = (2, 4, 8)
+    attention_map_factors: tuple[int, ...] | None = None
 
     def __post_init__(self):
         for field in dataclasses.fields(self):  # lists (JSON, ConfigDict) → tuples: hashable
@@ -92,14 +96,19 @@ class UNetConfig:
             value = getattr(self, field)
             if not isinstance(value, int) and len(value) != n:
                 raise ValueError(f"{field}={value} needs one entry per block ({n})")
+        check_attention(self.attention, self.attention_block)
         if jnp.dtype(self.dtype) not in COMPUTE_DTYPES:
             raise ValueError(f"compute dtype {self.dtype} unsupported; use float32 or bfloat16")
         known = self.cross_attention_factors()
+        if self.attention_map_factors is None:
+            found = tuple(f for f in DEFAULT_MAP_FACTORS if f in known)
+            object.__setattr__(self, "attention_map_factors", found)
         for factor in self.attention_map_factors:
             if factor not in known:
                 raise ValueError(
-                    f"attention_map_factors: no cross-attention block at factor {factor}; "
-                    f"this layout has them at {sorted(set(known))}"
+                    f"attention_map_factors={self.attention_map_factors} asks for the maps of a "
+                    f"cross-attention block at factor {factor}, which this layout lacks (it has "
+                    f"them at {sorted(set(known))}); ask for a subset of those"
                 )
 
     def per_block(self, field: str) -> tuple[int, ...]:
@@ -219,6 +228,7 @@ def _new_transformer(cfg: UNetConfig, channels: int, block: int, rngs: nnx.Rngs)
         grounding_dim=cfg.grounding_dim if cfg.use_adapter else None,
         remat=cfg.remat,
         attention_block=cfg.attention_block,
+        attention=cfg.attention,
         dtype=cfg.dtype,
         rngs=rngs,
     )

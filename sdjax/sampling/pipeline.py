@@ -197,7 +197,7 @@ class SubjectDiffusionPipeline:
 
     model, config: the model and its full sdjax config (the sections read: `data` for the pad id,
     default resolution, CLIP mean/std and the random-layout ranges; `scheduler`; `sampling` for
-    defaults; `train.vae_scaling_factor`). tokenizer: CLIP BPE (default: the bundled one).
+    defaults; the latent scale is the VAE's own `scaling_factor`). tokenizer: CLIP BPE (default: the bundled one).
     devices: the devices to split each batch over (default: all local devices). batch_size:
     images per compiled call, a multiple of the device count (default: up to
     `DEFAULT_PER_DEVICE_BATCH` per device, fewer for fewer images). segmenter: cuts out subjects
@@ -233,6 +233,7 @@ class SubjectDiffusionPipeline:
         self.subject_size = model.image_encoder.config.image_size
         self.max_length = model.text_encoder.config.max_position_embeddings
         self.latent_channels = model.vae.config.latent_channels
+        self.latent_scale = float(model.vae.config.scaling_factor)
         self.vae_factor = model.vae.downsample_factor
         self.size_multiple = self.vae_factor * 2 ** (len(model.unet.config.block_out_channels) - 1)
         self.schedule_config = from_diffusers_config(config.scheduler.to_dict())
@@ -381,7 +382,7 @@ class SubjectDiffusionPipeline:
             sampler_name=scheduler,
             steps=steps,
             schedule_config=self.schedule_config,
-            scaling_factor=float(self.config.train.vae_scaling_factor),
+            scaling_factor=self.latent_scale,
         )
         return self._sample_batches(
             per_image, latents, latent_shape, seed, guidance, static, progress

@@ -7,6 +7,7 @@ run for hundreds of chips is lowered and compiled here without allocating a para
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import time
@@ -18,6 +19,7 @@ from jax.experimental import topologies
 from ml_collections import ConfigDict
 
 from sdjax import sharding, trainer
+from sdjax.models.attention import backend_attention
 
 GIB = 2**30
 # High-bandwidth memory per chip, by `device.device_kind`.
@@ -78,8 +80,12 @@ class StepReport:
 def compile_step(
     config: ConfigDict, topology: str, compiler_options: Mapping[str, Any] | None = None
 ) -> tuple[jax.stages.Compiled, StepReport]:
-    """Compiles the training step of `config` for every chip of `topology` on `config.mesh`."""
+    """Compiles the training step of `config` for every chip of `topology` on `config.mesh`;
+    `model.attention` `auto` is what it stands for on the slice's chips, not on this host."""
     devices = topology_devices(topology)
+    if config.model.get("attention", "auto") == "auto":
+        config = copy.deepcopy(config)
+        config.model.attention = backend_attention(devices[0].platform)
     requested = config.mesh.to_dict()
     num_devices = requested.pop("num_devices")
     if num_devices not in (-1, len(devices)):

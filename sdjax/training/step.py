@@ -72,7 +72,8 @@ def subject_diffusion_loss(
         posterior = DiagonalGaussian.from_moments(batch["latent_moments"])
     else:
         posterior = model.vae.encode(batch["image"])
-    latents = jax.lax.stop_gradient(posterior.sample(k_latent) * config.vae_scaling_factor)
+    scaling = model.vae.config.scaling_factor  # the VAE's own (diffusers' `scaling_factor`)
+    latents = jax.lax.stop_gradient(posterior.sample(k_latent) * scaling)
 
     keep_text = ~batch["drop_text"]
     subjects = batch["subject_valid"] & ~batch["drop_subjects"][:, None]

@@ -58,11 +58,11 @@ from sdjax.input_pipeline import decode, pipeline
 from sdjax.models.init import init_module
 from sdjax.models.vae import AutoencoderKL, DiagonalGaussian, VAEConfig
 from sdjax.stages import Stage
-from sdjax.trainer import Preemption
 from sdjax.training.batches import map_batches
 from sdjax.training.checkpoint import Checkpointer
 from sdjax.training.metrics import MetricsWriter
 from sdjax.training.optimizer import warmup_cosine_schedule
+from sdjax.training.preemption import Preemption
 from sdjax.weights.core import export_state
 from sdjax.weights.vae import RENAMES
 

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdjax.models.image_encoder import CLIPVisionConfig, CLIPVisionModelWithProjection
+from sdjax.models.init import Shardings
 from sdjax.models.layers import DType
 from sdjax.models.text_encoder import CLIPTextConfig, CLIPTextModel
 from sdjax.models.text_projection import CLIPTextModelWithProjection
@@ -42,9 +43,14 @@ def _with_text_prefix(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def load_text_encoder(
-    path: str | Path, *, dtype: DType = jnp.float32, remat: bool = False
+    path: str | Path,
+    *,
+    dtype: DType = jnp.float32,
+    remat: bool = False,
+    shardings: Shardings | None = None,
 ) -> CLIPTextModel:
-    """A `CLIPTextModel` from an SD pipeline root (its `text_encoder/`) or a transformers folder."""
+    """A `CLIPTextModel` from an SD pipeline root (its `text_encoder/`) or a transformers folder;
+    `shardings`: where each parameter goes (`load_module`)."""
     folder = model_folder(path, "text_encoder")
     config = CLIPTextConfig.from_hf(read_config(folder), dtype=dtype, remat=remat)
     tensors = _with_text_prefix(read_safetensors_folder(folder))
@@ -52,16 +58,22 @@ def load_text_encoder(
         lambda rngs: CLIPTextModel(config, rngs=rngs),
         tensors,
         ignore=BUFFERS,
+        shardings=shardings,
     )
 
 
 def load_image_encoder(
-    path: str | Path, *, dtype: DType = jnp.float32, remat: bool = False
+    path: str | Path,
+    *,
+    dtype: DType = jnp.float32,
+    remat: bool = False,
+    shardings: Shardings | None = None,
 ) -> CLIPVisionModelWithProjection:
     """The image encoder from a transformers `CLIPVisionModelWithProjection` or `CLIPModel` folder.
 
     `path` may also be a pipeline root holding `image_encoder/`. From a `CLIPModel` (both towers)
-    only the vision tower and `visual_projection` are read.
+    only the vision tower and `visual_projection` are read. `shardings`: where each parameter
+    goes (`load_module`).
     """
     folder = model_folder(path, "image_encoder")
     raw_config = read_config(folder)
@@ -74,6 +86,7 @@ def load_image_encoder(
         tensors,
         renames=VISION_RENAMES,
         ignore=BUFFERS,
+        shardings=shardings,
     )
 
 

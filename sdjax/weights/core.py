@@ -22,7 +22,13 @@ import jax
 import numpy as np
 from flax import nnx
 
-from sdjax.models.init import aligned_empty, host_values
+from sdjax.models.init import (
+    Shardings,
+    aligned_empty,
+    flat_placement,
+    host_values,
+    place_host_value,
+)
 from sdjax.models.tracing import fast_tracing
 from sdjax.weights.mapped import map_safetensors
 
@@ -147,6 +153,7 @@ def load_module(
     resize: Mapping[str, Resizer] | None = None,
     ignore: Sequence[str] = (),
     seed: int = 0,
+    shardings: Shardings | None = None,
 ) -> nnx.Module:
     """Builds `build(rngs)` abstractly and fills its parameters from `tensors` (a state dict).
 
@@ -154,6 +161,8 @@ def load_module(
     resize[key](our_layout_array, target_shape, initial_value): adapts a tensor whose shape grew
       (e.g. `conv_in` from 4 to 5 input channels).
     ignore: regexes of checkpoint keys that are not parameters (buffers such as `position_ids`).
+    shardings: where each parameter goes (`sdjax.models.init.Shardings`): each device receives
+      only its shards, straight from the host; default: the default device.
     Anything else that does not match is an error naming every key and both shapes.
     """
     resize = resize or {}
@@ -208,13 +217,15 @@ def load_module(
         f"; resized: {', '.join(k for k in resize if k in used)}" if resize else "",
     )
 
+    placement = flat_placement(params, shardings)
+
     def place(path: NnxPath) -> jax.Array:
         dtype = flat[path].get_value().dtype
         if path in values:
             host = np.asarray(values[path], dtype, order="C")  # 0-d stays 0-d
         else:
             host = to_nnx_layout(str(path[-1]), tensors[keys[path]], dtype)
-        return jax.device_put(host)  # a CPU device adopts an aligned host buffer without a copy
+        return place_host_value(host, placement.get(path))
 
     # Layout copies release the GIL: one parameter per core at a time, largest first.
     order = sorted(flat, key=lambda p: -math.prod(flat[p].get_value().shape))

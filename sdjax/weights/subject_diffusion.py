@@ -13,6 +13,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from sdjax.models.grounding import GroundingNet
+from sdjax.models.init import Shardings
 from sdjax.models.subject_diffusion import Conditioning, SubjectDiffusion, part_configs
 from sdjax.models.text_encoder import CLSProjector
 from sdjax.weights.clip import load_image_encoder, load_text_encoder
@@ -49,10 +50,12 @@ def load_parts(
     base: str | Path,
     image_encoder: str | Path,
     subject_modules: str | Path | None = None,
+    shardings: Shardings | None = None,
 ) -> SubjectDiffusion:
     """UNet, VAE and text encoder from the diffusers folder `base`, the vision tower from
     `image_encoder`; grounding net and CLS projector from `subject_modules` (safetensors) or, when
-    None, freshly initialised (the start of training)."""
+    None, freshly initialised (the start of training). `shardings`: where each parameter of each
+    part goes (`sdjax.weights.core.load_module`); default: the default device."""
     parts = part_configs(model_config)
     unet_cfg, text_cfg = parts["unet"], parts["text_encoder"]
     unet = load_unet(
@@ -62,12 +65,19 @@ def load_parts(
         grounding_dim=unet_cfg.grounding_dim,
         use_adapter=unet_cfg.use_adapter,
         remat=unet_cfg.remat,
+        shardings=shardings,
         attention_block=unet_cfg.attention_block,
-        attention_map_factors=unet_cfg.attention_map_factors,
+        attention=unet_cfg.attention,
+        # Unset in the config: the maps the loaded layout has.
+        attention_map_factors=model_config.unet.get("attention_map_factors"),
     )
-    text_encoder = load_text_encoder(base, dtype=text_cfg.dtype, remat=text_cfg.remat)
-    vision = load_image_encoder(image_encoder, dtype=parts["image_encoder"].dtype)
-    vae = load_vae(base)
+    text_encoder = load_text_encoder(
+        base, dtype=text_cfg.dtype, remat=text_cfg.remat, shardings=shardings
+    )
+    vision = load_image_encoder(
+        image_encoder, dtype=parts["image_encoder"].dtype, shardings=shardings
+    )
+    vae = load_vae(base, shardings=shardings)
     grounding_cfg = dataclasses.replace(
         parts["grounding"],
         patch_dim=vision.config.hidden_size,
@@ -88,8 +98,12 @@ def load_parts(
 
     tensors = map_safetensors(subject_modules) if subject_modules else {}
     fresh = (lambda key: False) if subject_modules else (lambda key: True)
-    grounding = load_module(build_grounding, _strip(tensors, "grounding."), fresh=fresh)
-    projector = load_module(build_projector, _strip(tensors, "cls_projector."), fresh=fresh)
+    grounding = load_module(
+        build_grounding, _strip(tensors, "grounding."), fresh=fresh, shardings=shardings
+    )
+    projector = load_module(
+        build_projector, _strip(tensors, "cls_projector."), fresh=fresh, shardings=shardings
+    )
     conditioning = Conditioning.from_config(model_config)
     return SubjectDiffusion(unet, vae, text_encoder, vision, grounding, projector, conditioning)
 

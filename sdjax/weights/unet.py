@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdjax.models.attention import ATTENTION_RENAMES
+from sdjax.models.init import Shardings
 from sdjax.models.unet import UNet, UNetConfig
 from sdjax.weights.core import (
     WeightLoadError,
@@ -80,14 +81,19 @@ def load_unet(
     dtype: Any = jnp.float32,
     grounding_dim: int | None = None,
     use_adapter: bool | None = None,
+    attention_map_factors: tuple[int, ...] | None = None,
     remat: bool = False,
+    shardings: Shardings | None = None,
     **overrides: Any,
 ) -> UNet:
     """A diffusers UNet (pipeline root or `unet/` folder) as an sdjax `UNet`.
 
     `in_channels`, `grounding_dim`, `use_adapter`: when None, the values an sdjax export stored in
     its config.json, or `SDJAX_DEFAULTS` for a plain diffusers release (`in_channels` 5: the
-    pretrained 4 plus the location mask). `overrides` set any other `UNetConfig` field.
+    pretrained 4 plus the location mask). `attention_map_factors`: the maps the attention loss
+    reads (an error if the layout lacks one); None: those an sdjax export stored, else the layout's
+    own (`UNetConfig`). `shardings`: where each parameter goes (`load_module`). `overrides` set
+    any other `UNetConfig` field.
     Loading is strict; its one resize is `conv_in` of a plain diffusers release growing by the
     location-mask channel (zero-initialised), which the load report names.
     """
@@ -98,6 +104,8 @@ def load_unet(
     given = {"in_channels": in_channels, "grounding_dim": grounding_dim, "use_adapter": use_adapter}
     settings = {k: base[k] if v is None else v for k, v in given.items()}
     in_channels = settings["in_channels"]
+    if attention_map_factors is not None:
+        settings["attention_map_factors"] = attention_map_factors
     config = UNetConfig.from_diffusers(stored, dtype=dtype, remat=remat, **settings, **overrides)
     tensors = read_safetensors_folder(folder)
     has_adapter = any(ADAPTER_MARK in key for key in tensors)
@@ -111,4 +119,5 @@ def load_unet(
         fresh=lambda key: not has_adapter and ADAPTER_MARK in key,
         resize=resize,
         ignore=IGNORED_KEYS,
+        shardings=shardings,
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from sdjax.models.init import Shardings
 from sdjax.models.layers import DType
 from sdjax.models.vae import AutoencoderKL, VAEConfig
 from sdjax.weights.clip import model_folder
@@ -27,12 +28,20 @@ def upgrade_attention_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndar
     }
 
 
-def load_vae(path: str | Path, *, dtype: DType = jnp.float32) -> AutoencoderKL:
+def load_vae(
+    path: str | Path, *, dtype: DType = jnp.float32, shardings: Shardings | None = None
+) -> AutoencoderKL:
     """The VAE from an SD pipeline root (its `vae/`) or a diffusers `AutoencoderKL` folder.
 
     Keep the default float32 for decoding: SD's VAE decoder overflows in 16-bit precision.
+    `shardings`: where each parameter goes (`load_module`).
     """
     folder = model_folder(path, "vae")
     config = VAEConfig.from_diffusers(read_config(folder), dtype=dtype)
     tensors = upgrade_attention_names(read_safetensors_folder(folder))
-    return load_module(lambda rngs: AutoencoderKL(config, rngs=rngs), tensors, renames=RENAMES)
+    return load_module(
+        lambda rngs: AutoencoderKL(config, rngs=rngs),
+        tensors,
+        renames=RENAMES,
+        shardings=shardings,
+    )
