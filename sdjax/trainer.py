@@ -325,13 +325,14 @@ def _train(
         f"{total / 1e6:.1f}M parameters on a {dict(mesh.shape)} mesh, per part:\n"
         + trainable.parameter_overview(counts),
     )
-    compile_step(run, config, mesh)
-    status("compile", "train step compiled")
     state, frozen, step_fn = run.state, run.frozen, run.step_fn
     checkpoints = checkpointer(config, workdir)
+    start = checkpoints.latest_step() or 0
+    if start < tc.num_steps:  # a finished run is restored without compiling its step
+        compile_step(run, config, mesh)
+        status("compile", "train step compiled")
 
     # Restore: the same command resumes from the last checkpoint, on any mesh.
-    start = checkpoints.latest_step() or 0
     if start:
         state, batches = restore(checkpoints, start, state, batches, config, make_batches)
         status("restore", f"resumed from step {start}")

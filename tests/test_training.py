@@ -93,6 +93,14 @@ def straight_and_resumed(config, tmp_path_factory):
     return straight, root, reference, first, latest, resumed
 
 
+def test_a_finished_run_restores_without_compiling(straight_and_resumed):
+    config, root, reference, *_ = straight_and_resumed
+    again = trainer.train(config, root / "straight")
+    assert again.step == config.train.num_steps and again.compilations == 0
+    same = jax.tree.map(np.array_equal, _final_params(again), _final_params(reference))
+    assert all(jax.tree.leaves(same))
+
+
 def test_sigterm_then_resume_equals_straight_run(straight_and_resumed):
     config, root, reference, first, latest, resumed = straight_and_resumed
     assert first.step == 3 and first.preempted and latest == 3  # saved, loop left early
