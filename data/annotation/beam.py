@@ -20,7 +20,8 @@ from apache_beam.metrics.metric import MetricsFilter
 from data.annotation.inputs import ImageRef, open_image
 from data.annotation.items import Dropped, Item, Report
 from data.annotation.options import AnnotateOptions
-from data.annotation.run import DROPPED, MANIFEST, Step, done_keys, make_steps
+from data.annotation.run import DROPPED, MANIFEST, done_keys, make_steps
+from data.annotation.step import ModelStep
 from data.annotation.writer import ManifestWriter
 
 NAMESPACE = "sdjax_annotate"
@@ -46,7 +47,7 @@ class OpenFn(beam.DoFn):
 class StepFn(beam.DoFn):
     """Runs one annotation step on a batch of items; its model loads once per worker."""
 
-    def __init__(self, step: Step):
+    def __init__(self, step: ModelStep):
         self.step = step
 
     def setup(self) -> None:
@@ -107,7 +108,7 @@ def annotate_beam(
     out: str | Path,
     runner: Any = "DirectRunner",
     pipeline_options: Any = None,
-    steps: Sequence[Step] | None = None,
+    steps: Sequence[ModelStep] | None = None,
 ) -> Report:
     """Annotates the images not done yet into `out` on a Beam runner; returns the report."""
     out = Path(out)

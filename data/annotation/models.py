@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from data.annotation.boxes import corners, nms
 from data.annotation.items import Drop, Dropped, Item
 from data.annotation.nouns import counted_caption
-from data.annotation.options import AnnotateOptions
+from data.annotation.step import ModelStep
 from sdjax.sampling.segment import SamSegmenter, model_type, torch_device
 
 CAPTIONERS = {"blip": "BlipForConditionalGeneration", "blip-2": "Blip2ForConditionalGeneration"}
@@ -35,24 +35,32 @@ def load_model(folder: str, classes: dict[str, str], role: str, device: str) -> 
 
 
 @dataclasses.dataclass
-class Captioner:
-    """Writes each image's caption with a BLIP or BLIP-2 captioning model."""
+class TransformersStep(ModelStep):
+    """A step with a transformers model and processor, from the folder its option names."""
 
-    options: AnnotateOptions
-    model: Any = None
     processor: Any = None
+    role: ClassVar[str]  # the option naming the folder, and the model's role in errors
+    classes: ClassVar[dict[str, str]]  # model_type -> transformers class
 
     def load(self) -> None:
-        device = torch_device(self.options.device)
         self.model, self.processor = load_model(
-            self.options.captioner, CAPTIONERS, "captioner", device
+            getattr(self.options, self.role),
+            self.classes,
+            self.role,
+            torch_device(self.options.device),
         )
 
-    def __call__(self, items: Sequence[Item]) -> list[Item | Dropped]:
+
+@dataclasses.dataclass
+class Captioner(TransformersStep):
+    """Writes each image's caption with a BLIP or BLIP-2 captioning model."""
+
+    role: ClassVar[str] = "captioner"
+    classes: ClassVar[dict[str, str]] = CAPTIONERS
+
+    def run(self, items: Sequence[Item]) -> list[Item | Dropped]:
         import torch
 
-        if self.model is None:
-            self.load()
         inputs = self.processor(images=[item.image for item in items], return_tensors="pt")
         with torch.no_grad():
             ids = self.model.generate(
@@ -88,23 +96,14 @@ def noun_scores(
 
 
 @dataclasses.dataclass
-class Detector:
+class Detector(TransformersStep):
     """Boxes for the caption's nouns with Grounding DINO, one image at a time, thresholded and
     suppressed as the reference code does; each box is labelled with the noun it scores highest."""
 
-    options: AnnotateOptions
-    model: Any = None
-    processor: Any = None
+    role: ClassVar[str] = "detector"
+    classes: ClassVar[dict[str, str]] = DETECTORS
 
-    def load(self) -> None:
-        device = torch_device(self.options.device)
-        self.model, self.processor = load_model(
-            self.options.detector, DETECTORS, "detector", device
-        )
-
-    def __call__(self, items: Sequence[Item]) -> list[Item | Dropped]:
-        if self.model is None:
-            self.load()
+    def run(self, items: Sequence[Item]) -> list[Item | Dropped]:
         return [self._detect(item) for item in items]  # one by one: no padding of the image
 
     def _detect(self, item: Item) -> Item | Dropped:
@@ -155,23 +154,18 @@ class Detector:
 
 
 @dataclasses.dataclass
-class MaskMaker:
-    """A SAM mask for each box; boxes with an empty mask are dropped, and the caption gets its
-    count words once the boxes are final."""
-
-    options: AnnotateOptions
-    segmenter: SamSegmenter | None = None
+class MaskMaker(ModelStep):
+    """A SAM mask for each box (`model` is the `SamSegmenter`); boxes with an empty mask are
+    dropped, and the caption gets its count words once the boxes are final."""
 
     def load(self) -> None:
-        self.segmenter = SamSegmenter(self.options.segmenter, self.options.device)
+        self.model = SamSegmenter(self.options.segmenter, self.options.device)
 
-    def __call__(self, items: Sequence[Item]) -> list[Item | Dropped]:
-        if self.segmenter is None:
-            self.load()
+    def run(self, items: Sequence[Item]) -> list[Item | Dropped]:
         return [self._masks(item) for item in items]
 
     def _masks(self, item: Item) -> Item | Dropped:
-        masks = self.segmenter.masks(np.asarray(item.image), item.boxes)
+        masks = self.model.masks(np.asarray(item.image), item.boxes)
         full = masks.reshape(len(masks), -1).any(-1)
         drops = (Drop.EMPTY_MASK,) * int((~full).sum())
         if full.sum() < self.options.min_boxes:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from data.annotation.items import Drop, Dropped, Item
-from data.annotation.options import AnnotateOptions
+from data.annotation.step import ModelStep
 from sdjax.sampling.segment import ModelFolderError
 
 NOUN = "NOUN"
@@ -50,28 +49,24 @@ def counted_caption(item: Item) -> str:
 
 
 @dataclasses.dataclass
-class NounTagger:
-    """Tags each caption; keeps images whose caption has `min_nouns`..`max_nouns` distinct nouns."""
-
-    options: AnnotateOptions
-    nlp: Any = None
+class NounTagger(ModelStep):
+    """Tags each caption (`model` is the spaCy pipeline); keeps images whose caption has
+    `min_nouns`..`max_nouns` distinct nouns."""
 
     def load(self) -> None:
         import spacy
 
         try:
-            self.nlp = spacy.load(self.options.tagger)
+            self.model = spacy.load(self.options.tagger)
         except OSError as error:
             raise ModelFolderError(
                 f"spaCy pipeline {self.options.tagger!r} not found ({error}); install the "
                 "annotate extra (pip install -e '.[annotate]') or pass --tagger PATH"
             ) from None
 
-    def __call__(self, items: Sequence[Item]) -> list[Item | Dropped]:
-        if self.nlp is None:
-            self.load()
+    def run(self, items: Sequence[Item]) -> list[Item | Dropped]:
         results: list[Item | Dropped] = []
-        for item, doc in zip(items, self.nlp.pipe(item.caption for item in items), strict=True):
+        for item, doc in zip(items, self.model.pipe(item.caption for item in items), strict=True):
             item.words = tuple(t.text for t in doc)
             item.spaces = tuple(t.whitespace_ for t in doc)
             item.lemmas = tuple(t.lemma_.lower() for t in doc)

@@ -8,7 +8,7 @@ others, with their reason) and `masks/`. An image named in any manifest or dropp
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tqdm import tqdm
@@ -18,15 +18,15 @@ from data.annotation.items import Dropped, Item, Report
 from data.annotation.models import Captioner, Detector, MaskMaker
 from data.annotation.nouns import NounTagger
 from data.annotation.options import AnnotateOptions
+from data.annotation.step import ModelStep
 from data.annotation.writer import ManifestWriter
 
-Step = Callable[[Sequence[Item]], list[Item | Dropped]]
 MANIFEST = "manifest-{}.jsonl"
 DROPPED = "dropped-{}.jsonl"
 DONE_PATTERNS = ("manifest-*.jsonl", "dropped-*.jsonl")
 
 
-def make_steps(options: AnnotateOptions) -> list[Step]:
+def make_steps(options: AnnotateOptions) -> list[ModelStep]:
     """Caption, nouns, boxes, masks: each a batched step whose model loads on first use."""
     return [Captioner(options), NounTagger(options), Detector(options), MaskMaker(options)]
 
@@ -61,7 +61,7 @@ def done_keys(out: Path) -> set[str]:
     return {key for pattern in DONE_PATTERNS for path in out.glob(pattern) for key in _keys(path)}
 
 
-def run_steps(steps: Sequence[Step], items: Sequence[Item | Dropped]) -> list[Item | Dropped]:
+def run_steps(steps: Sequence[ModelStep], items: Sequence[Item | Dropped]) -> list[Item | Dropped]:
     """Every item through every step; dropped ones leave at the step that dropped them."""
     results = list(items)
     for step in steps:
@@ -81,7 +81,7 @@ def annotate(
     options: AnnotateOptions,
     out: str | Path,
     shard: tuple[int, int] = (0, 1),
-    steps: Sequence[Step] | None = None,
+    steps: Sequence[ModelStep] | None = None,
 ) -> Report:
     """Annotates this shard's images not done yet into `out`; returns the report of this run."""
     out = Path(out)
