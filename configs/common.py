@@ -66,6 +66,9 @@ def base_config(resolution: int) -> ConfigDict:
     c.train.eos_id = EOS_ID
     c.train.pad_id = c.data.get_ref("pad_id")
     c.train.async_checkpoints = True
+    # Compile the step from abstract parameters while the input starts and the parameters are
+    # drawn or loaded (False: after them, for a lower host-memory peak).
+    c.train.overlap_compile = True
 
     c.optimizer = ConfigDict()
     c.optimizer.learning_rate = 3e-5

@@ -3,6 +3,7 @@ compiled step → loop (logging, checkpoints, preemption) → export."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -231,6 +232,32 @@ def compile_step(run: Run, config: ConfigDict, mesh: jax.sharding.Mesh) -> jax.s
     return compiled
 
 
+def compiled_abstract_step(config: ConfigDict, mesh: jax.sharding.Mesh) -> Run:
+    """`abstract_run` with its step compiled: needs no parameters, so it can run beside their
+    loading (XLA releases the GIL while it compiles)."""
+    run = abstract_run(config, mesh)
+    compile_step(run, config, mesh)
+    return run
+
+
+def signature(tree) -> dict[str, tuple]:
+    """Each leaf's shape, dtype, weak type and sharding by path: what selects a jitted program."""
+    return {
+        jax.tree_util.keystr(path): (x.shape, x.dtype, x.weak_type, x.sharding)
+        for path, x in jax.tree.leaves_with_path(tree)
+    }
+
+
+def signature_differences(expected, found) -> list[str]:
+    """The paths whose leaves differ between two trees' `signature`s, with both values."""
+    a, b = signature(expected), signature(found)
+    return [
+        f"{k}: {a.get(k)} vs {b.get(k)}"
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k) != b.get(k)
+    ]
+
+
 def _with_shardings(abstract, shardings):
     """Shape/dtype structs of `abstract` placed by `shardings` (a tree with `abstract` as suffix)."""
     place = lambda sh, x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh)  # noqa: E731
@@ -313,24 +340,44 @@ def _train(
     mesh = make_run_mesh(config)
     batch_sharding = sharding.batch_sharding(mesh)
 
-    # Input: this host's files, per-host batch, checkpointable position.
-    batches = make_batches(config.data)
-    status("data", f"input pipeline ready, batch {config.data.batch_size}")
-
-    run = build_run(config, mesh)
-    counts = trainable.parameter_counts(run.state.params, run.frozen)
-    total = sum(trained + fixed for trained, fixed in counts.values())
-    status(
-        "model",
-        f"{total / 1e6:.1f}M parameters on a {dict(mesh.shape)} mesh, per part:\n"
-        + trainable.parameter_overview(counts),
-    )
-    state, frozen, step_fn = run.state, run.frozen, run.step_fn
     checkpoints = checkpointer(config, workdir)
     start = checkpoints.latest_step() or 0
-    if start < tc.num_steps:  # a finished run is restored without compiling its step
-        compile_step(run, config, mesh)
-        status("compile", "train step compiled")
+    compiling = start < tc.num_steps  # a finished run is restored without compiling its step
+    with concurrent.futures.ThreadPoolExecutor(1, "compile") as worker:
+        ahead = None
+        if compiling and tc.overlap_compile:
+            ahead = worker.submit(compiled_abstract_step, config, mesh)
+
+        # Input: this host's files, per-host batch, checkpointable position.
+        batches = make_batches(config.data)
+        status("data", f"input pipeline ready, batch {config.data.batch_size}")
+
+        run = build_run(config, mesh)
+        counts = trainable.parameter_counts(run.state.params, run.frozen)
+        total = sum(trained + fixed for trained, fixed in counts.values())
+        status(
+            "model",
+            f"{total / 1e6:.1f}M parameters on a {dict(mesh.shape)} mesh, per part:\n"
+            + trainable.parameter_overview(counts),
+        )
+        state, frozen, step_fn = run.state, run.frozen, run.step_fn
+        if ahead is not None:
+            abstract = ahead.result()
+            differences = signature_differences((abstract.state, abstract.frozen), (state, frozen))
+            if differences:  # e.g. loaded weights kept in another dtype: compile for them
+                logger.warning(
+                    "%d parameters differ from the abstract ones the step was compiled for "
+                    "(first: %s); compiling for the loaded ones",
+                    len(differences),
+                    differences[0],
+                )
+                ahead = None
+            else:
+                step_fn = abstract.step_fn
+        if compiling and ahead is None:
+            compile_step(run, config, mesh)
+        if compiling:
+            status("compile", "train step compiled")
 
     # Restore: the same command resumes from the last checkpoint, on any mesh.
     if start:

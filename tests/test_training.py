@@ -206,3 +206,17 @@ def test_bfloat16_step_with_frozen_kernels_in_bfloat16_is_unchanged(config, batc
     assert float(metrics_a["loss"]) == float(metrics_b["loss"])
     same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), params_a, params_b)
     assert all(jax.tree.leaves(same))
+
+
+def test_the_step_compiled_ahead_fits_the_built_state(config, model):
+    """The step compiled from abstract parameters (beside the loading) is the one the loop calls:
+    its state and frozen weights agree leaf by leaf with the built ones; a cast leaf is caught."""
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 8}, jax.devices())
+    abstract = trainer.abstract_run(config, mesh)
+    built = trainer.build_run(config, mesh, model)
+    expected, found = (abstract.state, abstract.frozen), (built.state, built.frozen)
+    assert trainer.signature_differences(expected, found) == []
+    cast = jax.tree.map(lambda x: x.astype(jnp.bfloat16), built.frozen)
+    differences = trainer.signature_differences(expected, (built.state, cast))
+    assert len(differences) == len(jax.tree.leaves(built.frozen))
+    assert "bfloat16" in differences[0]
