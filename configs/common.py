@@ -58,6 +58,7 @@ def base_config(resolution: int) -> ConfigDict:
         0.0  # > 0: min-SNR-gamma weights on the diffusion loss (0: SPEC's plain MSE)
     )
     c.train.ema_decay = 0.0  # 0 disables the EMA
+    c.train.ema_warmup = True  # decay min(ema_decay, (1 + t) / (10 + t)) at update t (diffusers')
     c.train.on_nonfinite = "stop"  # stop | skip
     c.train.full_unet = False  # train every UNet parameter instead of SPEC's subset
     c.train.image_encoder_layers = 0  # also train the image encoder's last N blocks + head

@@ -207,9 +207,12 @@ def _flat(tree) -> dict[str, np.ndarray]:
 def test_ema_is_the_exponential_average_of_the_parameters(run):
     _, _, initial, states = run
     ema = {k: v.astype(np.float64) for k, v in _flat(initial).items()}
-    for state in states:  # ema_t = d * ema_{t-1} + (1 - d) * params_t, from ema_0 = params_0
+    # ema_t = d_t * ema_{t-1} + (1 - d_t) * params_t from ema_0 = params_0, with diffusers' warm-up
+    # d_t = min(decay, t / (9 + t)) for the t-th update (1-based): 0.1, then 2/11
+    for t, state in enumerate(states, start=1):
+        d = min(EMA_DECAY, t / (9 + t))
         params = _flat(state.params)
-        ema = {k: EMA_DECAY * ema[k] + (1 - EMA_DECAY) * params[k] for k in ema}
+        ema = {k: d * ema[k] + (1 - d) * params[k] for k in ema}
         got = _flat(state.ema)
         assert got.keys() == ema.keys()
         assert max(max_diff(got[k], ema[k]) for k in ema) <= EMA_TOL

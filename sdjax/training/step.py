@@ -43,6 +43,15 @@ def init_train_state(params: nnx.State, optimizer: AdamW, seed: int, use_ema: bo
     )
 
 
+def ema_decay_at(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
+    """The EMA decay of update `step` (0-based): `decay`, or with warm-up min(decay, (1+t)/(10+t))
+    as diffusers' `EMAModel`, so the random start fades within the first steps."""
+    if not warmup:
+        return jnp.asarray(decay, jnp.float32)
+    t = step.astype(jnp.float32)
+    return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+
+
 def empty_prompt_ids(bos: int, eos: int, pad: int, length: int) -> jax.Array:
     """Token ids of the empty prompt (the dropped-text branch)."""
     return jnp.array([bos, eos] + [pad] * (length - 2), jnp.int32)
@@ -140,7 +149,8 @@ def make_train_step(
         params, opt_state = optimizer.update(grads, state.opt_state, state.params, finite)
         ema = state.ema
         if config.ema_decay > 0:
-            decay = jnp.where(finite, config.ema_decay, 1.0)  # a skipped step leaves it as is
+            decay = ema_decay_at(state.step, config.ema_decay, config.ema_warmup)
+            decay = jnp.where(finite, decay, 1.0)  # a skipped step leaves it as is
             ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
         new_state = state.replace(
             step=state.step + 1,
