@@ -42,7 +42,6 @@ SETTINGS: dict[str, tuple[str, ...]] = {
 CONTROL = "full, references dropped at sampling"
 CEILING = "ceiling: the true scenes through the VAE"
 SUBJECT_COUNTS = (1, 2, 3)
-GRID_SCENES = 8
 DOCS = REPO / "docs" / "benchmarks.md"
 IMAGES = REPO / "docs" / "images"
 BEGIN, END = "<!-- toy_world:begin -->", "<!-- toy_world:end -->"
@@ -173,6 +172,7 @@ def main() -> None:
     args = parse_args()
     add_xla_flags()
     enable_compilation_cache()
+    from sdjax.eval.toy import GRID_SCENES
     from sdjax.toy_world.benchmark import comparison_grid
 
     started = time.perf_counter()
