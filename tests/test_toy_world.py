@@ -361,6 +361,27 @@ def test_evaluator_tolerates_blur_and_colour_shifts():
         assert summary[key] >= 0.95, summary
 
 
+def test_evaluator_tells_looks_drawn_in_each_others_boxes():
+    scenes = [
+        s
+        for s in _scenes(seed=7, count=60)
+        if len(s.subjects) == 2 and s.subjects[0].look.colour != s.subjects[1].look.colour
+    ]
+    assert len(scenes) >= 10
+    true, exchanged = [], []
+    for scene in scenes:
+        a, b = scene.subjects
+        drawn = dataclasses.replace(
+            scene,
+            subjects=(dataclasses.replace(a, look=b.look), dataclasses.replace(b, look=a.look)),
+        )
+        true.append(ev.evaluate_scene(w.render_scene(scene, SIZE)[0], scene))
+        exchanged.append(ev.evaluate_scene(w.render_scene(drawn, SIZE)[0], scene))
+    assert ev.summarise(true)["other_colour"] == 0.0
+    summary = ev.summarise(exchanged)
+    assert summary["other_colour"] >= REQUIRED_ACCURACY and summary["colour"] == 0.0, summary
+
+
 def _other(rng: np.random.Generator, options, current):
     choices = [o for o in options if o != current]
     return choices[int(rng.integers(len(choices)))]

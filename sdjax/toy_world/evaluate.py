@@ -86,6 +86,8 @@ class SubjectResult:
     detected_class: str | None
     detected_colour: str | None
     detected_pattern: str | None
+    # the colour found is another requested subject's, not this one's: a look in the wrong box
+    other_colour: bool = False
 
     @property
     def all_ok(self) -> bool:
@@ -385,6 +387,11 @@ def evaluate_image(image: np.ndarray, requests: Sequence[Request], background: s
         evaluate_request(r, region, components, pixels, foreground)
         for r, region in zip(requests, regions, strict=True)
     )
+    colours = {r.look.colour for r in requests}
+    subjects = tuple(
+        dataclasses.replace(s, other_colour=s.detected_colour in colours - {r.look.colour})
+        for s, r in zip(subjects, requests, strict=True)
+    )
     return ImageResult(subjects, detected == background, detected)
 
 
@@ -400,7 +407,8 @@ def evaluate_scene(image: np.ndarray, scene: Scene) -> ImageResult:
 
 def summarise(results: Sequence[ImageResult]) -> dict[str, float]:
     """Shares over all requested subjects (location, identity, colour, pattern, class, all of
-    them together as `subject`) and over images (scene)."""
+    them together as `subject`, the colour of another requested subject as `other_colour`) and
+    over images (scene)."""
     subjects = [s for r in results for s in r.subjects]
 
     def share(values: list[bool]) -> float:
@@ -413,5 +421,6 @@ def summarise(results: Sequence[ImageResult]) -> dict[str, float]:
         "pattern": share([s.pattern_ok for s in subjects]),
         "class": share([s.cls_ok for s in subjects]),
         "subject": share([s.all_ok for s in subjects]),
+        "other_colour": share([s.other_colour for s in subjects]),
         "scene": share([r.scene_ok for r in results]),
     }
