@@ -348,8 +348,10 @@ def evaluate_request(
     components: list[Component],
     pixels: np.ndarray,
     foreground: np.ndarray,
+    other_colours: frozenset[str] | set[str] = frozenset(),
 ) -> SubjectResult:
-    """The result of one request, from the component that overlaps its box the most."""
+    """The result of one request, from the component that overlaps its box the most;
+    `other_colours` are the other requested subjects' colours (not this one's)."""
     overlaps = [int((c.mask & region).sum()) for c in components]
     if not overlaps or max(overlaps) == 0:
         return _missing()
@@ -371,6 +373,7 @@ def evaluate_request(
         detected_class=cls,
         detected_colour=colour,
         detected_pattern=pattern,
+        other_colour=colour in other_colours,
     )
 
 
@@ -383,14 +386,10 @@ def evaluate_image(image: np.ndarray, requests: Sequence[Request], background: s
     detected = nearest_name(median, {name: b.rgb for name, b in BACKGROUNDS.items()})
     foreground = np.linalg.norm(pixels - median, axis=-1) > FOREGROUND_DISTANCE
     components = find_components(pixels, foreground, regions)
-    subjects = tuple(
-        evaluate_request(r, region, components, pixels, foreground)
-        for r, region in zip(requests, regions, strict=True)
-    )
     colours = {r.look.colour for r in requests}
     subjects = tuple(
-        dataclasses.replace(s, other_colour=s.detected_colour in colours - {r.look.colour})
-        for s, r in zip(subjects, requests, strict=True)
+        evaluate_request(r, region, components, pixels, foreground, colours - {r.look.colour})
+        for r, region in zip(requests, regions, strict=True)
     )
     return ImageResult(subjects, detected == background, detected)
 
