@@ -348,7 +348,7 @@ def evaluate_request(
     components: list[Component],
     pixels: np.ndarray,
     foreground: np.ndarray,
-    other_colours: frozenset[str] | set[str] = frozenset(),
+    other_colours: set[str],
 ) -> SubjectResult:
     """The result of one request, from the component that overlaps its box the most;
     `other_colours` are the other requested subjects' colours (not this one's)."""
