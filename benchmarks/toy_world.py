@@ -138,22 +138,25 @@ def evaluate_ceiling(args: argparse.Namespace):
 
 
 def table(rows: list[tuple[str, float | None, dict]]) -> str:
-    """Markdown: one row per setting, location / identity / class / scene per subject count."""
-    header = "| setting | train min |" + "".join(
-        f" {n} subj. loc / id / class / scene |" for n in SUBJECT_COUNTS
+    """Markdown: one row per setting, location / identity / class / scene per subject count, and
+    how often a subject shows another requested subject's colour (looks bound to the wrong box)."""
+    from sdjax.toy_world.benchmark import METRICS
+
+    several = [n for n in SUBJECT_COUNTS if n > 1]
+    header = (
+        "| setting | train min |"
+        + "".join(f" {n} subj. loc / id / class / scene |" for n in SUBJECT_COUNTS)
+        + f" other's colour ({' / '.join(map(str, several))} subj.) |"
     )
-    lines = [header, "|---|---|" + "---|" * len(SUBJECT_COUNTS)]
+    lines = [header, "|---|---|" + "---|" * (len(SUBJECT_COUNTS) + 1)]
     for name, seconds, summaries in rows:
         minutes = f"{seconds / 60:.1f}" if seconds is not None else "–"
         cells = "".join(
-            " "
-            + " / ".join(
-                f"{summaries[n][m]:.0%}" for m in ("location", "identity", "class", "scene")
-            )
-            + " |"
+            " " + " / ".join(f"{summaries[n][m]:.0%}" for m in METRICS) + " |"
             for n in SUBJECT_COUNTS
         )
-        lines.append(f"| {name} | {minutes} |{cells}")
+        swapped = " / ".join(f"{summaries[n]['other_colour']:.0%}" for n in several)
+        lines.append(f"| {name} | {minutes} |{cells} {swapped} |")
     return "\n".join(lines)
 
 
