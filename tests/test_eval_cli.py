@@ -16,6 +16,8 @@ import torch
 import transformers
 from PIL import Image
 
+from configs.toy_world import world_config
+from data.toy_world import generate_world
 from sdjax.eval.__main__ import main
 from sdjax.eval.encoders import load_clip, load_dino
 from sdjax.eval.measure import Embedder, real_features, score_tasks
@@ -257,3 +259,22 @@ def test_toy_world_through_the_same_command(folders, tmp_path):
     assert (out / "grid_2.png").is_file()
     table = (out / "table.md").read_text()
     assert "| location | identity | class | scene |" in table.replace("subjects | ", "")
+
+
+def test_binding_on_toy_world_records(folders, tmp_path):
+    world = world_config()
+    world.num_images, world.num_eval, world.num_shards = 24, 1, 1
+    records = generate_world(world, tmp_path).record_files
+    out = tmp_path / "binding"
+    content = main(
+        ["binding", "--export", str(folders["export"]), "--data", ",".join(records),
+         "--batches", "2", "--timesteps", "900,100", "--out", str(out)]
+    )  # fmt: skip
+    rows = content["rows"]
+    assert [r["timestep"] for r in rows] == [900, 100]
+    for row in rows:
+        assert row["tokens"] > 0 and 0 < row["own"] < 1 and 0.3 <= row["chance"] <= 0.7
+    assert (out / "table.md").read_text().startswith("| timestep | own share |")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["binding", "--export", str(folders["export"]), "--timesteps", "9x"])
+    assert exit_info.value.code == 1

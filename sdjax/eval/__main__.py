@@ -6,6 +6,8 @@
         [--config configs/dreambench.py] [--config.generation.images_per_prompt=4 ...]
     python -m sdjax.eval toy --export runs/toy_world/export --world runs/toy_world/world \\
         --out eval/toy
+    python -m sdjax.eval binding --export runs/toy_world/export [--data 'records/*'] \\
+        [--batches 4] [--timesteps 950,600,200,50]
 
 Run again with the same arguments to resume: images already on disk are not drawn again.
 Bad input ends in one line, `error: ...`, with exit code 1 (2 for a flag).
@@ -14,6 +16,7 @@ Bad input ends in one line, `error: ...`, with exit code 1 (2 for a flag).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,13 +27,15 @@ PACKAGE = Path(__file__).resolve().parent
 DEFAULT_CONFIG = PACKAGE.parents[1] / "configs" / "dreambench.py"
 DEFAULT_PAIRS = PACKAGE / "dreambench_pairs.txt"
 CONFIG_PREFIX = "--config."
+BINDING_TIMESTEPS = (950, 800, 600, 400, 200, 50)  # `binding`'s default, of the 1000 training steps
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     """The subcommand's arguments and the `--config.x=y` overrides."""
     parser = argparse.ArgumentParser(
         prog="python -m sdjax.eval",
-        description="Evaluate an sdjax export: DreamBench (DINO, CLIP-I, CLIP-T) or the toy world.",
+        description="Evaluate an sdjax export: DreamBench (DINO, CLIP-I, CLIP-T), the toy world, "
+        "or how its subject tokens' attention binds to their own subjects.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     bench = commands.add_parser(
@@ -66,6 +71,23 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     toy.add_argument(
         "--no_references", action="store_true", help="the control: reference images dropped"
     )
+    binding = commands.add_parser(
+        "binding",
+        help="each subject token's cross-attention in its own subject, on training records",
+        description="Records with 2+ subjects, noised to each timestep: the share of each "
+        "subject's `sks` and entity-word attention (inside the subjects' masks) in its own mask.",
+    )
+    binding.add_argument("--export", required=True, help="sdjax export folder")
+    binding.add_argument(
+        "--data", help="TFRecord glob(s), comma-separated (default: the export's training data)"
+    )
+    binding.add_argument("--batches", type=int, default=4, help="reader batches (%(default)s)")
+    binding.add_argument(
+        "--timesteps",
+        default=",".join(map(str, BINDING_TIMESTEPS)),
+        help="comma-separated training timesteps (%(default)s)",
+    )
+    binding.add_argument("--out", help="also write results.json and table.md here")
     args, rest = parser.parse_known_args(argv)
     unknown = [
         a for a in rest if not (args.command == "dreambench" and a.startswith(CONFIG_PREFIX))
@@ -135,6 +157,32 @@ def run_toy(args: argparse.Namespace) -> dict:
     return content
 
 
+@cli.one_line_errors
+def run_binding(args: argparse.Namespace) -> dict:
+    from sdjax.eval.binding import binding_table, measure_binding, read_batches
+    from sdjax.eval.report import write_json
+    from sdjax.weights.subject_diffusion import load_subject_diffusion
+
+    try:
+        timesteps = [int(t) for t in args.timesteps.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"--timesteps={args.timesteps!r}: expected integers, comma-separated"
+        ) from None
+    model, config = load_subject_diffusion(args.export)
+    batches = read_batches(model, config.data, args.data, args.batches)
+    rows = measure_binding(model, config, batches, timesteps, seed=config.seed)
+    table = binding_table(rows)
+    print(table)
+    content = {"export": str(args.export), "rows": [dataclasses.asdict(r) for r in rows]}
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "results.json", content)
+        (out / "table.md").write_text(table)
+    return content
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     args, overrides = parse_args(argv)
     from sdjax.compilation import add_xla_flags
@@ -142,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     add_xla_flags()  # read when JAX starts its backend
     if args.command == "dreambench":
         return run_dreambench(args, overrides)
+    if args.command == "binding":
+        return run_binding(args)
     return run_toy(args)
 
 

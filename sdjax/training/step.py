@@ -66,6 +66,34 @@ def supervised_token_targets(batch: dict, sizes: tuple[int, ...]) -> dict[int, j
     return targets
 
 
+def predict_with_maps(
+    model,
+    batch: dict,
+    noisy: jax.Array,
+    timesteps: jax.Array,
+    *,
+    input_ids: jax.Array,
+    subjects: jax.Array,
+    fused: jax.Array,
+    location: jax.Array,
+) -> tuple[jax.Array, list[jax.Array]]:
+    """The UNet's prediction for noisy latents of a reader batch, and the cross-attention maps of
+    the supervised tokens (each subject's `sks` token, then each entity word: (B, r, r, 2S) each).
+
+    subjects (B, S): slots given to the grounding net; fused (B, S): slots whose CLS replaces their
+    `sks` token; location: the location mask (B, h, w, 1) the UNet reads.
+    """
+    grounding_tokens, subject_embeds = model.encode_subjects(
+        batch["subject_pixels"], batch["subject_boxes"], subjects
+    )
+    context = model.encode_prompt(input_ids, subject_embeds, batch["placeholder_positions"], fused)
+    unet_input = jnp.concatenate([noisy, model.location_input(location).astype(noisy.dtype)], -1)
+    positions = jnp.concatenate([batch["placeholder_positions"], batch["entity_positions"]], axis=1)
+    return model.unet(
+        unet_input, timesteps, context, grounding_tokens, attention_positions=positions
+    )
+
+
 def subject_diffusion_loss(
     model,
     batch: dict,
@@ -86,25 +114,19 @@ def subject_diffusion_loss(
 
     keep_text = ~batch["drop_text"]
     subjects = batch["subject_valid"] & ~batch["drop_subjects"][:, None]
-    grounding_tokens, subject_embeds = model.encode_subjects(
-        batch["subject_pixels"], batch["subject_boxes"], subjects
-    )
     empty = empty_prompt_ids(
         config.bos_id, config.eos_id, config.pad_id, batch["input_ids"].shape[1]
     )
     input_ids = jnp.where(keep_text[:, None], batch["input_ids"], empty)
     fused = subjects & keep_text[:, None]
-    context = model.encode_prompt(input_ids, subject_embeds, batch["placeholder_positions"], fused)
-
     location = jnp.where(batch["drop_mask"][:, None, None, None], 0.0, batch["location_mask"])
     noise = jax.random.normal(k_noise, latents.shape, latents.dtype)
     timesteps = schedulers.sample_timesteps(schedule, k_time, b)
     noisy = schedulers.add_noise(schedule, latents, noise, timesteps)
-    unet_input = jnp.concatenate([noisy, model.location_input(location).astype(noisy.dtype)], -1)
-    positions = jnp.concatenate([batch["placeholder_positions"], batch["entity_positions"]], axis=1)
-    prediction, maps = model.unet(
-        unet_input, timesteps, context, grounding_tokens, attention_positions=positions
-    )
+    prediction, maps = predict_with_maps(
+        model, batch, noisy, timesteps, input_ids=input_ids, subjects=subjects, fused=fused,
+        location=location,
+    )  # fmt: skip
 
     target = schedulers.training_target(schedule, latents, noise, timesteps)
     weight = None
