@@ -15,7 +15,7 @@ MFU = flops of one step from XLA's cost analysis ÷ (step time × the device's p
 printed where the device's peak is known (GPUs, TPUs).
 
 python benchmarks/train_step.py [--config tiny|sd2_base] [--mode run|aot] [--batch N]
-    [--dtype float32|bfloat16] [--remat | --no-remat] [--steps 5]
+    [--dtype float32|bfloat16] [--remat | --no-remat] [--steps 5] [--cached_latents]
 """
 
 from __future__ import annotations
@@ -82,6 +82,9 @@ def load_config(args: argparse.Namespace):
     config.model.dtype = args.dtype or config.model.dtype
     if args.remat is not None:
         config.model.remat = args.remat
+    if args.cached_latents:  # the records hold VAE moments: no encoder in the step
+        config.data.cached_latents = True
+        config.data.crop = "centred"
     config.mesh.num_devices = 1
     return config
 
@@ -162,6 +165,11 @@ def main() -> None:
     parser.add_argument("--dtype", default="", help="compute dtype (default: the config's)")
     parser.add_argument("--remat", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument(
+        "--cached_latents",
+        action="store_true",
+        help="batches carry cached VAE moments (data/cache_latents.py): the step skips the encoder",
+    )
     args = parser.parse_args()
     compilation.add_xla_flags()  # as train.py does
     config = load_config(args)
@@ -173,7 +181,8 @@ def main() -> None:
     print(f"machine: {machine_description()}; device {device.device_kind}")
     print(
         f"config {args.config}, batch {config.data.batch_size}, {config.data.resolution} px, "
-        f"{config.model.dtype}, remat {config.model.remat}, mode {args.mode}"
+        f"{config.model.dtype}, remat {config.model.remat}, mode {args.mode}, "
+        f"cached latents {config.data.cached_latents}"
     )
     print("| measure | value |\n|---|---|")
     for key, value in result.items():
