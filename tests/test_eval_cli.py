@@ -278,3 +278,7 @@ def test_binding_on_toy_world_records(folders, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["binding", "--export", str(folders["export"]), "--timesteps", "9x"])
     assert exit_info.value.code == 1
+    with pytest.raises(SystemExit) as exit_info:  # the schedule has timesteps 0 ... 999
+        main(["binding", "--export", str(folders["export"]), "--data", ",".join(records),
+              "--timesteps", "500,1000"])  # fmt: skip
+    assert exit_info.value.code == 1

@@ -101,12 +101,20 @@ def measure_binding(
     model, config: ConfigDict, batches: Iterable[dict], timesteps: Sequence[int], seed: int = 0
 ) -> list[BindingRow]:
     """Own and chance shares per timestep over `batches` (reader batches of `config.data`),
-    each noised with the same noise at every timestep; latents are the VAE posterior's mean."""
+    each noised with the same noise at every timestep; latents are the VAE posterior's mean,
+    encoded once per batch."""
+    limit = config.scheduler.num_train_timesteps
+    outside = [t for t in timesteps if not 0 <= t < limit]
+    if outside:
+        raise ValueError(f"timesteps {outside} outside the training schedule's [0, {limit})")
     schedule = schedulers.make_schedule(schedulers.SchedulerConfig(**config.scheduler.to_dict()))
+    scaling = model.vae.config.scaling_factor
+    encode = jax.jit(lambda images: model.vae.encode(images).mean * scaling)
 
     @jax.jit
-    def maps_at(batch: dict, timestep: jax.Array, key: jax.Array) -> list[jax.Array]:
-        latents = model.vae.encode(batch["image"]).mean * model.vae.config.scaling_factor
+    def maps_at(
+        batch: dict, latents: jax.Array, timestep: jax.Array, key: jax.Array
+    ) -> list[jax.Array]:
         noise = jax.random.normal(key, latents.shape, latents.dtype)
         steps = jnp.full((latents.shape[0],), timestep, jnp.int32)
         noisy = schedulers.add_noise(schedule, latents, noise, steps)
@@ -118,11 +126,13 @@ def measure_binding(
         return maps
 
     batches = list(batches)
+    latents = [encode(batch["image"]) for batch in batches]
     rows = []
     for timestep in timesteps:
         shares, chances = [], []
-        for index, batch in enumerate(batches):
-            maps = maps_at(batch, jnp.int32(timestep), jax.random.key(seed + index))
+        for index, (batch, batch_latents) in enumerate(zip(batches, latents, strict=True)):
+            key = jax.random.key(seed + index)
+            maps = maps_at(batch, batch_latents, jnp.int32(timestep), key)
             share, chance = layer_mean_shares(maps, batch)
             shares.append(share)
             chances.append(chance)
