@@ -1,4 +1,8 @@
-"""Metrics sinks: WORKDIR/metrics.jsonl, TensorBoard scalars and images."""
+"""Metrics sinks: WORKDIR/metrics.jsonl, TensorBoard scalars and images.
+
+TensorBoard events are written with `tf.summary`: TensorFlow is loaded by the input pipeline
+anyway, whereas tensorboardX imports PyTorch when it is installed (seconds of start-up).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from tensorboardX import SummaryWriter
+import tensorflow as tf
 
 
 class MetricsWriter:
@@ -16,7 +20,9 @@ class MetricsWriter:
     def __init__(self, workdir: str | Path, enabled: bool = True):
         self.enabled = enabled
         self.path = Path(workdir) / "metrics.jsonl"
-        self._tb = SummaryWriter(str(Path(workdir) / "tensorboard")) if enabled else None
+        self._tb = (
+            tf.summary.create_file_writer(str(Path(workdir) / "tensorboard")) if enabled else None
+        )
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self.enabled:
@@ -24,15 +30,18 @@ class MetricsWriter:
         record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        for name, value in scalars.items():
-            self._tb.add_scalar(name, float(value), int(step))
+        with self._tb.as_default(step=int(step)):
+            for name, value in scalars.items():
+                tf.summary.scalar(name, float(value))
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         """images: name → (H, W, 3) uint8."""
         if not self.enabled:
             return
-        for name, image in images.items():
-            self._tb.add_image(name, image, int(step), dataformats="HWC")
+        with self._tb.as_default(step=int(step)):
+            for name, image in images.items():
+                tf.summary.image(name, np.asarray(image, np.uint8)[None])
+        self._tb.flush()
 
     def truncate_after(self, step: int) -> None:
         """Drops records past `step` (a resumed run rewrites the steps after its checkpoint)."""
