@@ -226,6 +226,7 @@ def _check_supported(config: ConfigDict) -> None:
     tc, model = config.train, config.model
     unsupported = {
         "train.masked_diffusion_loss": (tc.masked_diffusion_loss, False),
+        "train.subject_loss_weight": (tc.subject_loss_weight, 1.0),
         "train.snr_gamma": (tc.snr_gamma, 0.0),
         "train.attention_loss": (tc.attention_loss, "balanced_l1"),
         "train.image_encoder_layers": (tc.image_encoder_layers, 0),

@@ -54,6 +54,9 @@ def base_config(resolution: int) -> ConfigDict:
     # over each sample's tokens, then over the batch (a text-dropped sample counts as 0)
     c.train.attention_normalisation = "per_token"
     c.train.masked_diffusion_loss = False
+    # > 1: the diffusion loss counts the subjects' latent cells this many times a background
+    # cell (a weighted mean; 1: SPEC's plain MSE). Beyond SPEC.
+    c.train.subject_loss_weight = 1.0
     c.train.snr_gamma = (
         0.0  # > 0: min-SNR-gamma weights on the diffusion loss (0: SPEC's plain MSE)
     )

@@ -46,8 +46,7 @@ def noised(x0: np.ndarray, noise: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def diffusion_term(eps_hat: np.ndarray, eps: np.ndarray, subject_weight: np.ndarray | None):
-    """MSE over every latent element; with `subject_weight` (B, h, w, 1) the masked option: the
-    mean over the weighted elements only."""
+    """MSE over every latent element; with `subject_weight` (B, h, w, 1) the weighted mean."""
     err = (eps_hat.astype(np.float64) - eps) ** 2
     if subject_weight is None:
         return err.mean()
@@ -113,8 +112,11 @@ def expected_loss(
     """(L, diffusion term, attention term) of SPEC's objective for one batch."""
     location = np.where(batch["drop_mask"][:, None, None, None], 0.0, batch["location_mask"])
     weight = None
+    subjects = 1.0 - batch["location_mask"]  # the subjects' cells, seen by the UNet or not
     if config.masked_diffusion_loss:  # inside the subjects (mask 0); everywhere if it was dropped
         weight = np.where(batch["drop_mask"][:, None, None, None], 1.0, 1.0 - location)
+    elif config.subject_loss_weight != 1.0:  # a subject cell counts w background cells
+        weight = np.where(subjects > 0, config.subject_loss_weight, 1.0)
     diffusion = diffusion_term(prediction, noise, weight)
     supervised = (
         batch["subject_valid"] & ~batch["drop_subjects"][:, None] & ~batch["drop_text"][:, None]
@@ -240,14 +242,21 @@ def test_loss_equals_the_numpy_objective_for_each_dropout_branch(config, model, 
         assert abs(want_attention) > 1e-4
 
 
-@pytest.mark.parametrize("masked, kind", [(True, "l1")])
-def test_masked_diffusion_loss_and_paper_attention_loss(config, model, base_batch, masked, kind):
-    """The options: the diffusion loss inside the subjects only, and the paper's L1 maps."""
+@pytest.mark.parametrize(
+    "masked, subject_weight, kind", [(True, 1.0, "l1"), (False, 4.0, "balanced_l1")]
+)
+def test_weighted_diffusion_loss_and_paper_attention_loss(
+    config, model, base_batch, masked, subject_weight, kind
+):
+    """The options: the diffusion loss inside the subjects only, or with the subjects' cells
+    weighted; and the paper's L1 maps."""
     drop_text, drop_mask, drop_subjects = BRANCHES["mixed"]
     batch = {**base_batch, "drop_text": drop_text, "drop_mask": drop_mask}
     batch["drop_subjects"] = drop_subjects
     changed = config.copy_and_resolve_references()
-    changed.train.update(dict(masked_diffusion_loss=masked, attention_loss=kind))
+    changed.train.update(
+        dict(masked_diffusion_loss=masked, subject_loss_weight=subject_weight, attention_loss=kind)
+    )
     key = jax.random.key(KEY)
     loss, parts = sdjax_loss(changed, model, batch, key)
     want, want_diffusion, want_attention = reference_loss(model, batch, changed, key)

@@ -66,6 +66,20 @@ def supervised_token_targets(batch: dict, sizes: tuple[int, ...]) -> dict[int, j
     return targets
 
 
+def diffusion_weight(batch: dict, config: ConfigDict) -> jax.Array | None:
+    """Per-latent-cell weights of the diffusion loss (None: SPEC's plain mean).
+
+    `masked_diffusion_loss`: inside the subjects only (everywhere where the mask was dropped);
+    `subject_loss_weight` w != 1: the subjects' cells count w times a background cell.
+    """
+    inside = 1.0 - batch["location_mask"]  # the subjects' region, whether or not the UNet sees it
+    if config.masked_diffusion_loss:
+        return jnp.where(batch["drop_mask"][:, None, None, None], 1.0, inside)
+    if config.subject_loss_weight == 1.0:
+        return None
+    return 1.0 + (config.subject_loss_weight - 1.0) * inside
+
+
 def predict_with_maps(
     model,
     batch: dict,
@@ -129,9 +143,7 @@ def subject_diffusion_loss(
     )  # fmt: skip
 
     target = schedulers.training_target(schedule, latents, noise, timesteps)
-    weight = None
-    if config.masked_diffusion_loss:
-        weight = jnp.where(batch["drop_mask"][:, None, None, None], 1.0, 1.0 - location)
+    weight = diffusion_weight(batch, config)
     sample_weight = None
     if config.snr_gamma > 0:
         sample_weight = schedulers.min_snr_weights(schedule, timesteps, config.snr_gamma)
