@@ -36,6 +36,9 @@ def base_config(resolution: int) -> ConfigDict:
     # The added layers' (grounding net, CLS projector, adapters) initialisation: lecun_normal
     # kernels and zero biases | torch_linear (PyTorch's nn.Linear default, the reference code's)
     c.model.new_layer_init = "lecun_normal"
+    # tanh of this is each adapter's initial gate; 0 (SPEC, GLIGEN) leaves a pretrained UNet
+    # unchanged at the start of training.
+    c.model.adapter_gate_init = 0.0
 
     c.data = data_config(resolution)
 

@@ -119,6 +119,35 @@ def test_torch_linear_init_of_the_added_layers_only():
         build_subject_diffusion(config, nnx.Rngs(0))
 
 
+@pytest.mark.parametrize("gate", [0.0, 0.75])
+def test_adapter_gates_start_at_the_configured_value(gate):
+    """`model.adapter_gate_init`: every adapter's two gates, as `init_module` draws them; the
+    adapters' other parameters are drawn as without it."""
+    from sdjax.models.subject_diffusion import adapters_of, build_subject_diffusion
+    from tests.training_config import micro_config
+
+    config = micro_config("").model
+    config.adapter_gate_init = gate
+    model = init.init_module(lambda rngs: build_subject_diffusion(config, rngs), seed=0)
+    adapters = adapters_of(model.unet)
+    assert adapters
+    for adapter in adapters:
+        assert float(adapter.alpha_attn[...]) == gate
+        assert float(adapter.alpha_dense[...]) == gate
+    config.adapter_gate_init = 0.0
+    plain = init.init_module(lambda rngs: build_subject_diffusion(config, rngs), seed=0)
+    ours, theirs = (
+        adapters[0].attn.to_q.kernel[...],
+        adapters_of(plain.unet)[0].attn.to_q.kernel[...],
+    )
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+
+
+def test_constant_spec_on_the_host():
+    values = init.sample(init.InitSpec("constant", value=-2.5), (3, 2), np.float32, None)
+    np.testing.assert_array_equal(values, np.full((3, 2), -2.5, np.float32))
+
+
 def test_modules_build_under_flax_defaults_inside_a_mesh():
     """Importing sdjax leaves flax's global flags alone, and under them (variables sharded at
     creation when annotated) a module still builds inside a mesh context without being split by

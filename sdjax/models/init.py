@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -47,14 +48,15 @@ Shardings = Callable[[nnx.State], nnx.State]
 class InitSpec:
     """An initialiser both jax and the host sampler understand.
 
-    kinds: "zeros", "ones", "normal" (× stddev), "lecun_normal" (truncated normal, variance
-    1/fan_in; fan_in = product of all axes but the last, as flax's `lecun_normal`), "uniform"
-    (on [-limit, limit]).
+    kinds: "zeros", "ones", "constant" (every value `value`), "normal" (× stddev),
+    "lecun_normal" (truncated normal, variance 1/fan_in; fan_in = product of all axes but the
+    last, as flax's `lecun_normal`), "uniform" (on [-limit, limit]).
     """
 
     kind: str
     stddev: float = 1.0
     limit: float = 0.0
+    value: float = 0.0
 
     def __post_init__(self):
         if self.kind not in _JAX_INITIALIZERS:
@@ -66,6 +68,7 @@ class InitSpec:
 _JAX_INITIALIZERS: dict[str, Callable[[InitSpec], nnx.Initializer]] = {
     "zeros": lambda spec: nnx.initializers.zeros_init(),
     "ones": lambda spec: nnx.initializers.ones_init(),
+    "constant": lambda spec: nnx.initializers.constant(spec.value),
     "normal": lambda spec: nnx.initializers.normal(spec.stddev),
     "lecun_normal": lambda spec: nnx.initializers.lecun_normal(),
     "uniform": lambda spec: symmetric_uniform(spec.limit),
@@ -83,6 +86,13 @@ def symmetric_uniform(limit: float) -> nnx.Initializer:
         return jax.random.uniform(key, shape, dtype, -limit, limit)
 
     return init
+
+
+def set_constant(param: nnx.Param, value: float) -> None:
+    """Sets `param` to `value` everywhere, and its `InitSpec` (which `init_module` draws) too."""
+    current = param.get_value()
+    param.set_metadata(INIT_METADATA, InitSpec("constant", value=value))
+    param.set_value(jnp.full(current.shape, value, current.dtype))
 
 
 def torch_linear_init(module: nnx.Module, rngs: nnx.Rngs) -> None:
@@ -174,9 +184,9 @@ def fan_in(shape: Sequence[int]) -> int:
 def sample(spec: InitSpec, shape: Sequence[int], dtype, rng: np.random.Generator) -> np.ndarray:
     """Host values of one parameter drawn from `spec`."""
     size = math.prod(shape)
-    if spec.kind in ("zeros", "ones"):
+    if spec.kind in ("zeros", "ones", "constant"):
         values = aligned_empty(shape, dtype)
-        values.fill(spec.kind == "ones")
+        values.fill({"zeros": 0.0, "ones": 1.0}.get(spec.kind, spec.value))
         return values
     if spec.kind == "uniform":
         values = rng.uniform(-spec.limit, spec.limit, size).astype(np.float32)

@@ -12,7 +12,7 @@ from ml_collections import ConfigDict
 from sdjax.models.attention import GatedSelfAttentionDense
 from sdjax.models.grounding import GroundingConfig, GroundingNet
 from sdjax.models.image_encoder import CLIPVisionConfig, CLIPVisionModelWithProjection
-from sdjax.models.init import torch_linear_init
+from sdjax.models.init import set_constant, torch_linear_init
 from sdjax.models.text_encoder import CLIPTextConfig, CLIPTextModel, CLSProjector
 from sdjax.models.unet import UNet, UNetConfig
 from sdjax.models.vae import AutoencoderKL, VAEConfig
@@ -126,8 +126,12 @@ NEW_LAYER_INITS = ("lecun_normal", "torch_linear")
 
 def new_layers(model: SubjectDiffusion) -> list[nnx.Module]:
     """The grounding net, the CLS projector and every gated adapter of the UNet."""
-    adapters = [m for _, m in nnx.iter_graph(model.unet) if isinstance(m, GatedSelfAttentionDense)]
-    return [model.grounding, model.cls_projector, *adapters]
+    return [model.grounding, model.cls_projector, *adapters_of(model.unet)]
+
+
+def adapters_of(unet: UNet) -> list[GatedSelfAttentionDense]:
+    """Every gated grounding adapter of `unet`."""
+    return [m for _, m in nnx.iter_graph(unet) if isinstance(m, GatedSelfAttentionDense)]
 
 
 def build_subject_diffusion(config: ConfigDict, rngs: nnx.Rngs) -> SubjectDiffusion:
@@ -151,4 +155,9 @@ def build_subject_diffusion(config: ConfigDict, rngs: nnx.Rngs) -> SubjectDiffus
     if new_layer_init == "torch_linear":
         for layer in new_layers(model):
             torch_linear_init(layer, rngs)
+    gate = config.get("adapter_gate_init", 0.0)  # absent in older exports
+    if gate:
+        for adapter in adapters_of(model.unet):
+            set_constant(adapter.alpha_attn, gate)
+            set_constant(adapter.alpha_dense, gate)
     return model
