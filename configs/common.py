@@ -52,7 +52,9 @@ def base_config(resolution: int) -> ConfigDict:
     c.train.sample_subjects = ()  # image paths, each optionally "path@x0,y0,x1,y1" (placement)
     c.train.sample_images = 2
     c.train.lambda_attn = 0.01
-    c.train.attention_loss = "balanced_l1"  # balanced_l1 (reference code) | l1 (paper)
+    # balanced_l1 (reference code) | l1 (paper) | contrastive (balanced_l1 plus the attention
+    # in the other subjects' masks; beyond SPEC)
+    c.train.attention_loss = "balanced_l1"
     # per_token: over every supervised (sample, token) | per_sample: the reference code's mean
     # over each sample's tokens, then over the batch (a text-dropped sample counts as 0)
     c.train.attention_normalisation = "per_token"

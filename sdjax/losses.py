@@ -43,7 +43,25 @@ def l1(attention: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.mean(jnp.abs(attention.astype(jnp.float32) - mask.astype(jnp.float32)), axis=(1, 2))
 
 
-ATTENTION_LOSSES = {"balanced_l1": balanced_l1, "l1": l1}
+def contrastive(attention: jax.Array, mask: jax.Array, others: jax.Array, eps: float = 1e-5):
+    """`balanced_l1` plus the mean attention inside the other subjects' masks (`others`, 0 where
+    the sample has no other subject): a token attending to another subject pays for it directly,
+    not diluted by the whole background. Beyond SPEC. (B, h, w, K) each; returns (B, K)."""
+    o = others.astype(jnp.float32)
+    in_others = jnp.sum(attention.astype(jnp.float32) * o, axis=(1, 2)) / (
+        jnp.sum(o, axis=(1, 2)) + eps
+    )
+    return balanced_l1(attention, mask, eps) + in_others
+
+
+def other_subjects(masks: jax.Array, token_valid: jax.Array) -> jax.Array:
+    """Per token, the union (max) of the valid tokens' masks, times 1 − its own. (B, h, w, K)."""
+    valid = token_valid.astype(masks.dtype)[:, None, None, :]
+    union = jnp.max(masks * valid, axis=-1, keepdims=True)
+    return union * (1.0 - masks)
+
+
+ATTENTION_LOSSES = {"balanced_l1": balanced_l1, "l1": l1, "contrastive": contrastive}
 # How the (B, K) token losses become one number: "per_token" averages over every supervised
 # (sample, token) pair; "per_sample" (the reference code) averages over each sample's supervised
 # tokens, then over the whole batch, where a sample without any (text dropped) counts as 0.
@@ -79,7 +97,12 @@ def attention_loss(
         size = attention.shape[1]
         if size not in masks:
             raise ValueError(f"no target masks of size {size}; have sizes {sorted(masks)}")
-        per_layer.append(ATTENTION_LOSSES[kind](attention, masks[size]))
+        target = masks[size]
+        if kind == "contrastive":
+            others = other_subjects(target, token_valid)
+            per_layer.append(contrastive(attention, target, others))
+        else:
+            per_layer.append(ATTENTION_LOSSES[kind](attention, target))
     per_token = jnp.mean(jnp.stack(per_layer), axis=0)  # (B, K)
     weight = token_valid.astype(jnp.float32)
     if normalisation == "per_sample":

@@ -92,3 +92,25 @@ def test_attention_loss_errors_name_the_problem():
         losses.attention_loss(maps, {4: jnp.zeros((1, 4, 4, 1))}, jnp.ones((1, 1), bool))
     with pytest.raises(ValueError, match="unknown attention loss"):
         losses.attention_loss(maps, {8: jnp.zeros((1, 8, 8, 1))}, jnp.ones((1, 1), bool), "l2")
+
+
+def test_contrastive_attention_loss_costs_the_other_subjects_region():
+    """Two subjects on a 1 x 4 map: token 0 (subject A, cell 0) and token 1 (subject B, cell 3).
+    By hand: balanced_l1 = mean outside − mean inside; plus the mean inside the other's mask."""
+    masks = jnp.array([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 1.0]])[None, None]  # (1,1,4,2)
+    attention = jnp.array([[0.6, 0.1], [0.1, 0.1], [0.1, 0.2], [0.2, 0.6]])[None, None]
+    valid = jnp.array([[True, True]])
+    others = losses.other_subjects(masks, valid)
+    np.testing.assert_array_equal(np.asarray(others)[0, 0], [[0, 1], [0, 0], [0, 0], [1, 0]])
+    got = np.asarray(losses.contrastive(attention, masks, others))[0]
+    want_a = (0.1 + 0.1 + 0.2) / 3 - 0.6 + 0.2
+    want_b = (0.1 + 0.1 + 0.2) / 3 - 0.6 + 0.1
+    np.testing.assert_allclose(got, [want_a, want_b], atol=1e-5)
+    alone = losses.other_subjects(masks, jnp.array([[True, False]]))
+    np.testing.assert_allclose(  # no other valid subject: balanced_l1 alone
+        np.asarray(losses.contrastive(attention, masks, alone))[0, 0],
+        np.asarray(losses.balanced_l1(attention, masks))[0, 0],
+        atol=1e-6,
+    )
+    whole = losses.attention_loss([attention], {1: masks}, valid, "contrastive")
+    assert float(whole) == pytest.approx((want_a + want_b) / 2, abs=1e-5)

@@ -66,12 +66,20 @@ def l1_map(a: np.ndarray, m: np.ndarray) -> float:
     return np.abs(a - m).mean()
 
 
+def contrastive_map(a: np.ndarray, m: np.ndarray, others: np.ndarray) -> float:
+    """balanced_l1 plus the mean attention inside the other subjects' masks (one 2-D map)."""
+    return balanced_l1_map(a, m) + (a * others).sum() / (others.sum() + DENOMINATOR_EPS)
+
+
 MAP_LOSSES = {"balanced_l1": balanced_l1_map, "l1": l1_map}
 
 
-def per_token_losses(maps: list[np.ndarray], masks: dict[int, np.ndarray], kind: str) -> np.ndarray:
+def per_token_losses(
+    maps: list[np.ndarray], masks: dict[int, np.ndarray], kind: str, valid: np.ndarray
+) -> np.ndarray:
     """(B, 2S) losses, the mean over layers. Tokens: each subject's `sks`, then each subject's
-    entity word; both supervised by that subject's mask (`masks[r]`: (B, S, r, r))."""
+    entity word; both supervised by that subject's mask (`masks[r]`: (B, S, r, r)). `valid`
+    (B, 2S): the supervised tokens, whose subjects are the "others" of the contrastive form."""
     b, k = maps[0].shape[0], maps[0].shape[-1]
     s = k // 2
     out = np.zeros((len(maps), b, k))
@@ -79,7 +87,15 @@ def per_token_losses(maps: list[np.ndarray], masks: dict[int, np.ndarray], kind:
         target = masks[attention.shape[1]]
         for i in range(b):
             for j in range(k):
-                out[layer, i, j] = MAP_LOSSES[kind](attention[i, :, :, j], target[i, j % s])
+                a, own = attention[i, :, :, j], target[i, j % s]
+                if kind != "contrastive":
+                    out[layer, i, j] = MAP_LOSSES[kind](a, own)
+                    continue
+                union = np.zeros_like(own)  # of every supervised subject's mask
+                for subject in range(s):
+                    if valid[i, subject]:
+                        union = np.maximum(union, target[i, subject])
+                out[layer, i, j] = contrastive_map(a, own, union * (1 - own))
     return out.mean(0)
 
 
@@ -123,7 +139,7 @@ def expected_loss(
     )
     valid = np.concatenate([supervised, supervised], axis=1).astype(np.float64)
     masks = {r: batch[f"subject_masks_{r}"] for r in {m.shape[1] for m in maps}}
-    losses = per_token_losses(maps, masks, config.attention_loss)
+    losses = per_token_losses(maps, masks, config.attention_loss, valid)
     attention = NORMALISATIONS[normalisation](losses, valid)
     return diffusion + LAMBDA_ATTN * attention, diffusion, attention
 
@@ -243,13 +259,14 @@ def test_loss_equals_the_numpy_objective_for_each_dropout_branch(config, model, 
 
 
 @pytest.mark.parametrize(
-    "masked, subject_weight, kind", [(True, 1.0, "l1"), (False, 4.0, "balanced_l1")]
+    "masked, subject_weight, kind",
+    [(True, 1.0, "l1"), (False, 4.0, "balanced_l1"), (False, 1.0, "contrastive")],
 )
 def test_weighted_diffusion_loss_and_paper_attention_loss(
     config, model, base_batch, masked, subject_weight, kind
 ):
     """The options: the diffusion loss inside the subjects only, or with the subjects' cells
-    weighted; and the paper's L1 maps."""
+    weighted; the paper's L1 maps, or the balanced form that also costs the other subjects'."""
     drop_text, drop_mask, drop_subjects = BRANCHES["mixed"]
     batch = {**base_batch, "drop_text": drop_text, "drop_mask": drop_mask}
     batch["drop_subjects"] = drop_subjects
@@ -261,7 +278,10 @@ def test_weighted_diffusion_loss_and_paper_attention_loss(
     loss, parts = sdjax_loss(changed, model, batch, key)
     want, want_diffusion, want_attention = reference_loss(model, batch, changed, key)
     plain = reference_loss(model, batch, config, key)
-    assert abs(want_diffusion - plain[1]) > 10 * TOLERANCE  # the option changes the term
+    if masked or subject_weight != 1.0:  # each option changes its term
+        assert abs(want_diffusion - plain[1]) > 10 * TOLERANCE
+    if kind != config.train.attention_loss:
+        assert abs(want_attention - plain[2]) > 10 * TOLERANCE
     check(loss, parts, want, want_diffusion, want_attention)
 
 
