@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +61,15 @@ def other_subjects(masks: jax.Array, token_valid: jax.Array) -> jax.Array:
     return union * (1.0 - masks)
 
 
-ATTENTION_LOSSES = {"balanced_l1": balanced_l1, "l1": l1, "contrastive": contrastive}
+# Each form as f(attention, mask, token_valid) → (B, K); only the contrastive one reads the other
+# tokens (through `token_valid`).
+ATTENTION_LOSSES: dict[str, Callable[[jax.Array, jax.Array, jax.Array], jax.Array]] = {
+    "balanced_l1": lambda attention, mask, valid: balanced_l1(attention, mask),
+    "l1": lambda attention, mask, valid: l1(attention, mask),
+    "contrastive": lambda attention, mask, valid: contrastive(
+        attention, mask, other_subjects(mask, valid)
+    ),
+}
 # How the (B, K) token losses become one number: "per_token" averages over every supervised
 # (sample, token) pair; "per_sample" (the reference code) averages over each sample's supervised
 # tokens, then over the whole batch, where a sample without any (text dropped) counts as 0.
@@ -97,12 +105,7 @@ def attention_loss(
         size = attention.shape[1]
         if size not in masks:
             raise ValueError(f"no target masks of size {size}; have sizes {sorted(masks)}")
-        target = masks[size]
-        if kind == "contrastive":
-            others = other_subjects(target, token_valid)
-            per_layer.append(contrastive(attention, target, others))
-        else:
-            per_layer.append(ATTENTION_LOSSES[kind](attention, target))
+        per_layer.append(ATTENTION_LOSSES[kind](attention, masks[size], token_valid))
     per_token = jnp.mean(jnp.stack(per_layer), axis=0)  # (B, K)
     weight = token_valid.astype(jnp.float32)
     if normalisation == "per_sample":
