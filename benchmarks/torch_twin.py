@@ -234,6 +234,7 @@ def _check_supported(config: ConfigDict) -> None:
         "train.ema_decay": (tc.ema_decay, 0.0),
         "model.use_location_mask": (model.get("use_location_mask", True), True),
         "model.cls_fusion": (model.get("cls_fusion", True), True),
+        "model.box_masked_adapter": (model.get("box_masked_adapter", False), False),
         "model.grounding.box_embedding": (model.grounding.get("box_embedding", True), True),
         "model.grounding.fourier_base": (model.grounding.get("fourier_base", 100.0), 100.0),
         "scheduler.prediction_type": (config.scheduler.prediction_type, "epsilon"),

@@ -6,6 +6,20 @@ from sdjax.input_pipeline.config import default_config as data_config
 from sdjax.tokenizer import BOS_ID, EOS_ID
 
 
+def grounding_config(hidden_dim: int, max_subjects: int) -> ConfigDict:
+    """The `model.grounding` section: the grounding net's width and slots, and its options."""
+    return ConfigDict(
+        dict(
+            hidden_dim=hidden_dim,
+            max_subjects=max_subjects,
+            use_bbox=True,
+            box_embedding=True,  # False: no box coordinates (the ablation)
+            # True (beyond SPEC): each patch token's position is its tile of the box
+            patch_boxes=False,
+        )
+    )
+
+
 def base_config(resolution: int) -> ConfigDict:
     """Everything but the model sizes, at the given training resolution."""
     c = ConfigDict()
@@ -33,6 +47,8 @@ def base_config(resolution: int) -> ConfigDict:
     # The method's conditioning paths (SPEC §1); switching one off is an ablation.
     c.model.use_location_mask = True  # the UNet's 5th input channel (zeros when off)
     c.model.cls_fusion = True  # the subject CLS replaces the `sks` token embedding
+    # Beyond SPEC: True keeps each latent cell's adapters to the subjects whose box covers it.
+    c.model.box_masked_adapter = False
     # The added layers' (grounding net, CLS projector, adapters) initialisation: lecun_normal
     # kernels and zero biases | torch_linear (PyTorch's nn.Linear default, the reference code's)
     c.model.new_layer_init = "lecun_normal"

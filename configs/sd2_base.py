@@ -11,7 +11,7 @@ are used when a part is built without weights (ahead-of-time compilation, benchm
 
 from ml_collections import ConfigDict
 
-from configs.common import base_config
+from configs.common import base_config, grounding_config
 
 RESOLUTION = 512
 VARIANTS = ("", "reference")
@@ -83,7 +83,7 @@ def get_config(variant: str = "") -> ConfigDict:
             hidden_act="gelu",
         )
     )
-    c.model.grounding = ConfigDict(dict(hidden_dim=1024, max_subjects=2, use_bbox=True))
+    c.model.grounding = grounding_config(hidden_dim=1024, max_subjects=2)
     c.data.pad_id = 0  # the SD 2.x tokenizer pads with "!"
     c.data.batch_size = 256
     c.mesh.data = -1

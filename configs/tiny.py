@@ -4,7 +4,7 @@ from pathlib import Path
 
 from ml_collections import ConfigDict
 
-from configs.common import base_config
+from configs.common import base_config, grounding_config
 
 RESOLUTION = 128
 SAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "data" / "sample" / "images"
@@ -55,7 +55,7 @@ def get_config() -> ConfigDict:
             hidden_act="gelu",
         )
     )
-    c.model.grounding = ConfigDict(dict(hidden_dim=64, max_subjects=2, use_bbox=True))
+    c.model.grounding = grounding_config(hidden_dim=64, max_subjects=2)
 
     c.data.file_pattern = ""  # empty: build data/sample into WORKDIR/data and read it
     c.data.batch_size = 4

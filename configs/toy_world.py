@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ml_collections import ConfigDict
 
-from configs.common import base_config
+from configs.common import base_config, grounding_config
 from sdjax.toy_world import world
 
 RESOLUTION = world.DEFAULT_IMAGE_SIZE
@@ -143,7 +143,7 @@ def get_config() -> ConfigDict:
     c.model.vae = vae_model_config()
     c.model.text_encoder = clip_config()
     c.model.image_encoder = clip_config(image_size=32, patch_size=8)
-    c.model.grounding = ConfigDict(dict(hidden_dim=128, max_subjects=MAX_SUBJECTS, use_bbox=True))
+    c.model.grounding = grounding_config(hidden_dim=128, max_subjects=MAX_SUBJECTS)
 
     c.data.latent_downsample = VAE_DOWNSAMPLE
     c.data.latent_channels = LATENT_CHANNELS

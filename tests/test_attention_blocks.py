@@ -1,6 +1,7 @@
 """sdjax's attention equals `jax.nn.dot_product_attention`, whole or by blocks, and every
 implementation that runs on CPU (`einsum`, `blocked`, `xla`) equals a NumPy softmax attention and
-the others, values and gradients; `auto` picks per backend."""
+the others, values and gradients, with and without a key mask; `auto` picks per backend; the
+box-masked adapter equals the plain adapter given only the subjects whose box covers a cell."""
 
 import jax
 import jax.numpy as jnp
@@ -9,11 +10,13 @@ import pytest
 from flax import nnx
 
 from sdjax.models.attention import (
+    GatedSelfAttentionDense,
     Transformer2DModel,
     attend,
     backend_attention,
     cudnn_accepts,
 )
+from sdjax.models.grounding import grounding_key_mask
 from sdjax.models.unet import UNetConfig
 
 TOLERANCE = 2e-5  # float32, max abs difference
@@ -46,10 +49,13 @@ CPU_KINDS = ("einsum", "blocked", "xla")
 BLOCK = 32
 
 
-def numpy_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """softmax(q·k / sqrt(H)) v per head, in float64."""
+def numpy_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask=None) -> np.ndarray:
+    """softmax(q·k / sqrt(H)) v per head, in float64, over each query's True keys of a
+    (B, T, S) mask."""
     q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
     logits = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(q.shape[-1])
+    if mask is not None:
+        logits = np.where(mask[:, None], logits, -np.inf)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     return np.einsum("bnts,bsnh->btnh", probs, v)
@@ -70,6 +76,50 @@ def test_every_cpu_implementation_equals_numpy_and_the_others():
     for kind in CPU_KINDS[1:]:
         for got, ref in zip(grads[kind], grads[CPU_KINDS[0]], strict=True):
             np.testing.assert_allclose(got, ref, atol=TOLERANCE, err_msg=kind)
+
+
+def test_every_cpu_implementation_keeps_queries_to_their_masked_keys():
+    keys = jax.random.split(jax.random.key(3), 4)
+    q = jax.random.normal(keys[0], (2, 100, 3, 8))
+    k, v = (jax.random.normal(key, (2, 110, 3, 8)) for key in keys[1:3])
+    mask = np.array(jax.random.bernoulli(keys[3], 0.3, (2, 100, 110)))
+    mask[:, :, 0] = True  # every query keeps a key
+    want = numpy_attention(q, k, v, mask)
+    for kind in CPU_KINDS:
+        got = attend(q, k, v, BLOCK, kind, jnp.asarray(mask))
+        np.testing.assert_allclose(got, want, atol=TOLERANCE, err_msg=kind)
+
+
+def test_box_masked_adapter_equals_the_plain_adapter_given_only_the_covering_subjects():
+    side, slots, tokens, dim = 4, 2, 3, 16
+    adapter = GatedSelfAttentionDense(dim, 8, heads=2, dim_head=8, rngs=nnx.Rngs(0))
+    adapter.alpha_attn[...] = 1.0
+    adapter.alpha_dense[...] = 1.0
+    keys = jax.random.split(jax.random.key(4), 2)
+    x = jax.random.normal(keys[0], (2, side * side, dim))
+    grounding = jax.random.normal(keys[1], (2, slots * tokens, 8))
+    # Slot 0 the left half, slot 1 the top-right 3 x 3 cells (overlapping slot 0 in column 1);
+    # in the second example slot 1 is empty.
+    boxes = np.array([[[0.0, 0.0, 0.5, 1.0], [0.3, 0.0, 1.0, 0.7]]] * 2, np.float32)
+    valid = np.array([[True, True], [True, False]])
+    layout = (np.repeat(boxes, tokens, axis=1), np.repeat(valid, tokens, axis=1))  # per token
+    mask = grounding_key_mask(jax.tree.map(jnp.asarray, layout), side, side)
+    masked = adapter(x, grounding, grounding_mask=mask)
+    for b in range(2):
+        for cell in range(side * side):
+            centre = ((cell % side + 0.5) / side, (cell // side + 0.5) / side)
+            covering = [
+                s
+                for s in range(slots)
+                if valid[b, s]
+                and boxes[b, s, 0] <= centre[0] <= boxes[b, s, 2]
+                and boxes[b, s, 1] <= centre[1] <= boxes[b, s, 3]
+            ]
+            subset = grounding[b : b + 1].reshape(slots, tokens, 8)[np.array(covering, int)]
+            plain = adapter(x[b : b + 1], subset.reshape(1, -1, 8))
+            np.testing.assert_allclose(
+                masked[b, cell], plain[0, cell], atol=TOLERANCE, err_msg=f"{b} {cell} {covering}"
+            )
 
 
 @pytest.mark.parametrize("block, kind", [(24, "blocked"), (24, "auto"), (24, "xla"), (0, "xla")])

@@ -1,4 +1,5 @@
-"""Grounding net: Fourier box code, null slots, use_bbox, output layout."""
+"""Grounding net: Fourier box code, null slots, use_bbox, output layout; patch tiles where the
+reader places the subject image's patches."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -6,7 +7,15 @@ import pytest
 from flax import nnx
 
 import sdjax  # noqa: F401
-from sdjax.models.grounding import GroundingConfig, GroundingNet, fourier_box_embedding
+from sdjax import geometry
+from sdjax.input_pipeline import augment
+from sdjax.models.grounding import (
+    GroundingConfig,
+    GroundingNet,
+    fourier_box_embedding,
+    patch_tiles,
+    token_boxes,
+)
 
 CFG = GroundingConfig(patch_dim=12, num_patch_tokens=4, hidden_dim=16, out_dim=8, max_subjects=2)
 
@@ -84,3 +93,41 @@ def test_wrong_slot_count_is_rejected(net):
     patches, boxes = _inputs()
     with pytest.raises(ValueError, match="2 slots of 4 tokens, got 3 slots"):
         net(jnp.concatenate([patches, patches[:, :1]], 1), boxes, jnp.ones((2, 3), bool))
+
+
+def test_patch_tiles_are_where_the_reader_places_the_subject_images_patches():
+    """Each tile is the image region the reader's white placement (`augment.placement_sampling`,
+    TensorFlow) maps the corresponding patch of the subject canvas to."""
+    resolution, size, grid = 64, 32, 4
+    boxes = np.array([[0.1, 0.2, 0.5, 0.4], [0.3, 0.05, 0.45, 0.95], [0.0, 0.0, 1.0, 1.0]])
+    tiles = np.asarray(patch_tiles(jnp.asarray(boxes, jnp.float32), grid))
+    to_image = augment.placement_sampling(
+        boxes.astype(np.float32), np.zeros((3, 2), np.float32), resolution, size, "white"
+    )
+    step = size / grid
+    for row in range(grid):
+        for col in range(grid):
+            corners = np.array(
+                [[col * step, row * step], [(col + 1) * step, (row + 1) * step]], np.float32
+            )
+            for b in range(3):
+                placed = geometry.apply_homography(to_image[b], corners).numpy() / resolution
+                np.testing.assert_allclose(
+                    tiles[b, row * grid + col], placed.reshape(4), atol=1e-5, err_msg=f"{b}"
+                )
+
+
+def test_patch_boxes_give_each_token_its_tile():
+    boxes = jnp.asarray([[[0.1, 0.1, 0.5, 0.6], [0.4, 0.3, 0.9, 0.8]]], jnp.float32)
+    whole = np.asarray(token_boxes(boxes, CFG))
+    assert whole.shape == (1, 2, 4, 4)
+    np.testing.assert_array_equal(whole, np.broadcast_to(boxes[:, :, None], whole.shape))
+    tiled = GroundingConfig(**{**CFG.__dict__, "patch_boxes": True})
+    np.testing.assert_allclose(token_boxes(boxes, tiled), patch_tiles(boxes, 2), atol=0)
+    patches, _ = _inputs()
+    valid = jnp.array([[True, True]])
+    out_whole = GroundingNet(CFG, rngs=nnx.Rngs(0))(patches[:1], boxes, valid)
+    out_tiled = GroundingNet(tiled, rngs=nnx.Rngs(0))(patches[:1], boxes, valid)
+    assert not np.allclose(out_whole, out_tiled)  # the tokens' positions differ
+    with pytest.raises(ValueError, match="square grid of patch tokens, got 3"):
+        GroundingConfig(num_patch_tokens=3, patch_boxes=True)

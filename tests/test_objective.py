@@ -9,6 +9,8 @@ written here again from SPEC and compared with `subject_diffusion_loss`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +20,7 @@ from flax import nnx
 from data.build_sample import build_sample_records
 from sdjax import schedulers, sharding, trainer
 from sdjax.input_pipeline import pipeline
+from sdjax.models.subject_diffusion import adapters_of
 from sdjax.training.step import subject_diffusion_loss
 from tests.training_config import micro_config
 
@@ -155,8 +158,9 @@ def dropped_prompt(ids: np.ndarray, drop_text: np.ndarray, config) -> np.ndarray
 
 
 @nnx.jit
-def network(model, batch: dict, noisy_latents, timesteps, ids, subjects, fused):
-    """The model parts on the inputs built here: (noise prediction, attention maps)."""
+def network(model, batch: dict, noisy_latents, timesteps, ids, subjects, fused, layout):
+    """The model parts on the inputs built here: (noise prediction, attention maps); `layout`
+    (boxes, valid) keeps the adapters to the boxes (None: as SPEC)."""
     tokens, embeds = model.encode_subjects(
         batch["subject_pixels"], batch["subject_boxes"], subjects
     )
@@ -164,7 +168,14 @@ def network(model, batch: dict, noisy_latents, timesteps, ids, subjects, fused):
     location = jnp.where(batch["drop_mask"][:, None, None, None], 0.0, batch["location_mask"])
     unet_input = jnp.concatenate([noisy_latents, location], axis=-1)
     positions = jnp.concatenate([batch["placeholder_positions"], batch["entity_positions"]], 1)
-    return model.unet(unet_input, timesteps, context, tokens, attention_positions=positions)
+    return model.unet(
+        unet_input,
+        timesteps,
+        context,
+        tokens,
+        attention_positions=positions,
+        grounding_layout=layout,
+    )
 
 
 def reference_loss(model, batch: dict, config, key: jax.Array) -> tuple[float, float, float]:
@@ -177,7 +188,13 @@ def reference_loss(model, batch: dict, config, key: jax.Array) -> tuple[float, f
     subjects = batch["subject_valid"] & ~batch["drop_subjects"][:, None]
     fused = subjects & ~batch["drop_text"][:, None]
     ids = dropped_prompt(batch["input_ids"], batch["drop_text"], tc)
-    prediction, maps = network(model, batch, noised(x0, noise, t), t, ids, subjects, fused)
+    # With `box_masked_adapter`, every grounding token of a subject given to the grounding net
+    # has that subject's box.
+    layout = None
+    if model.conditioning.box_masked_adapter:
+        n = model.grounding.config.num_patch_tokens
+        layout = (np.repeat(batch["subject_boxes"], n, 1), np.repeat(subjects, n, 1))
+    prediction, maps = network(model, batch, noised(x0, noise, t), t, ids, subjects, fused, layout)
     maps = [np.asarray(m, np.float64) for m in maps]
     normalisation = SDJAX_NAMES[tc.attention_normalisation]
     return expected_loss(np.asarray(prediction), noise, maps, batch, tc, normalisation)
@@ -282,6 +299,26 @@ def test_weighted_diffusion_loss_and_paper_attention_loss(
         assert abs(want_diffusion - plain[1]) > 10 * TOLERANCE
     if kind != config.train.attention_loss:
         assert abs(want_attention - plain[2]) > 10 * TOLERANCE
+    check(loss, parts, want, want_diffusion, want_attention)
+
+
+def test_box_masked_adapter_keeps_each_cell_to_its_given_subjects(config, model, base_batch):
+    """`model.box_masked_adapter`: the step hands the UNet the boxes of the subjects it gives the
+    grounding net (dropped subjects are not among them); with the adapters' gates open, keeping
+    them to the boxes changes the loss."""
+    drop_text, drop_mask, drop_subjects = BRANCHES["mixed"]
+    batch = {**base_batch, "drop_text": drop_text, "drop_mask": drop_mask}
+    batch["drop_subjects"] = drop_subjects
+    opened = nnx.clone(model)
+    for adapter in adapters_of(opened.unet):
+        adapter.alpha_attn[...] = 1.0
+        adapter.alpha_dense[...] = 1.0
+    masked = nnx.clone(opened)
+    masked.conditioning = dataclasses.replace(masked.conditioning, box_masked_adapter=True)
+    key = jax.random.key(KEY)
+    loss, parts = sdjax_loss(config, masked, batch, key)
+    want, want_diffusion, want_attention = reference_loss(masked, batch, config, key)
+    assert abs(want_diffusion - reference_loss(opened, batch, config, key)[1]) > 10 * TOLERANCE
     check(loss, parts, want, want_diffusion, want_attention)
 
 

@@ -489,12 +489,20 @@ def test_branch_inputs_order_and_window():
     )
     latents = np.random.default_rng(0).standard_normal((b, h, w, 4)).astype(np.float32)
     for phase, prompt, mask in ((True, 1, 0.5), (False, 2, 0.0)):
-        sample, context, grounding = branch_inputs(latents, cond, np.bool_(phase))
+        sample, context, grounding, layout = branch_inputs(latents, cond, np.bool_(phase))
+        assert layout is None
         assert sample.shape == (3 * b, h, w, 5)
         np.testing.assert_array_equal(sample[3, ..., :4], latents[1])
         np.testing.assert_array_equal(context[:, 0, 0], [prompt, 3, 3] * b)
         np.testing.assert_array_equal(sample[:, 0, 0, 4], [mask, mask, 0.0] * b)
         np.testing.assert_array_equal(grounding[:, 0, 0], [4, 4, 5] * b)
+    boxes = np.random.default_rng(1).random((b, 2, 4)).astype(np.float32)
+    valid = np.array([[True, False], [True, True]])
+    layout = branch_inputs(latents, cond._replace(grounding_layout=(boxes, valid)), True)[3]
+    np.testing.assert_array_equal(layout[0], np.repeat(boxes, 3, axis=0))
+    np.testing.assert_array_equal(layout[1][0::3], valid)  # conditional: the subjects
+    np.testing.assert_array_equal(layout[1][1::3], valid)  # image-only: the subjects
+    assert not np.any(layout[1][2::3])  # unconditional: no subject, as its null grounding
     guidance = make_guidance(7.5, 1.5, 1.0, (0.2, 0.6), 10)
     assert (int(guidance.start_step), int(guidance.end_step)) == (2, 6)
     assert window_steps((0.0, 1.0), 7) == (0, 7)

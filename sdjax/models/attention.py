@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sdjax.models.grounding import grounding_key_mask
 from sdjax.models.init import EAGER_SHARDING, ZEROS
 from sdjax.models.layers import DType, GroupNorm, LayerNorm, conv, linear, remat_call
 
@@ -52,10 +53,14 @@ ATTENTION_RENAMES = (
 )
 
 
-def attention_probs(q: jax.Array, k: jax.Array) -> jax.Array:
-    """Softmax attention probabilities (B, N, T, S) float32 of q (B, T, N, H) and k (B, S, N, H)."""
+def attention_probs(q: jax.Array, k: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Softmax attention probabilities (B, N, T, S) float32 of q (B, T, N, H) and k (B, S, N, H);
+    a (B, T, S) bool `mask` keeps each query to its True keys (every row needs one)."""
     logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
-    return jax.nn.softmax(logits * q.shape[-1] ** -0.5, axis=-1)
+    logits = logits * q.shape[-1] ** -0.5
+    if mask is not None:
+        logits = jnp.where(mask[:, None], logits, -jnp.inf)
+    return jax.nn.softmax(logits, axis=-1)
 
 
 def weighted_values(probs: jax.Array, v: jax.Array) -> jax.Array:
@@ -98,22 +103,31 @@ def cudnn_accepts(q: jax.Array, k: jax.Array) -> bool:
 
 
 def attend(
-    q: jax.Array, k: jax.Array, v: jax.Array, block: int = 0, kind: str = "auto"
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    block: int = 0,
+    kind: str = "auto",
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     """Softmax attention of q (B, T, N, H) over k, v (B, S, N, H) by the implementation `kind`.
 
     `blocked` with `block` > 0 and more than `block` queries or keys runs block by block
     (`blocked_attention`): never more than block × block logits per head exist, instead of T × S
-    (335 MB per layer for SD 2's 4096 tokens, float32).
+    (335 MB per layer for SD 2's 4096 tokens, float32). A (B, T, S) bool `mask` (see
+    `attention_probs`) is applied by `jax.nn.dot_product_attention` on `xla` and `cudnn` (which
+    picks the implementation that takes it) and by `einsum` otherwise (no blocks).
     """
     if kind == "auto":
         kind = backend_attention(jax.default_backend())
         if kind == "cudnn" and not cudnn_accepts(q, k):
             kind = "xla"
     if kind in ("xla", "cudnn"):
-        return jax.nn.dot_product_attention(q, k, v, implementation=kind).astype(v.dtype)
-    if kind == "einsum" or not block or max(q.shape[1], k.shape[1]) <= block:
-        return weighted_values(attention_probs(q, k), v)
+        if mask is not None:
+            kind, mask = None, mask[:, None]
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=kind).astype(v.dtype)
+    if kind == "einsum" or not block or mask is not None or max(q.shape[1], k.shape[1]) <= block:
+        return weighted_values(attention_probs(q, k, mask), v)
     return blocked_attention(q, k, v, block)
 
 
@@ -215,10 +229,13 @@ class Attention(nnx.Module):
     def _out(self, o: jax.Array) -> jax.Array:
         return self.to_out(o.reshape(*o.shape[:2], -1))
 
-    def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
-        """Attention of x (B, T, D) over context (B, S, C) (x itself when None)."""
+    def __call__(
+        self, x: jax.Array, context: jax.Array | None = None, mask: jax.Array | None = None
+    ) -> jax.Array:
+        """Attention of x (B, T, D) over context (B, S, C) (x itself when None), each query kept
+        to its True keys of a (B, T, S) bool `mask` when given."""
         q, k, v = self._qkv(x, context)
-        return self._out(attend(q, k, v, self.attention_block, self.attention))
+        return self._out(attend(q, k, v, self.attention_block, self.attention, mask))
 
     def with_maps(
         self, x: jax.Array, context: jax.Array | None, positions: jax.Array
@@ -242,6 +259,15 @@ class FeedForward(nnx.Module):
         return self.proj_out(value * jax.nn.gelu(gate, approximate=False))
 
 
+def adapter_mask(grounding_mask: jax.Array) -> jax.Array:
+    """(B, N + M, N + M) bool self-attention mask of the adapter's [visual; grounding] tokens from
+    the visual tokens' (B, N, M) grounding mask: visual keys always, grounding keys where allowed;
+    the grounding tokens' own rows (dropped after the attention) see every key."""
+    b, n, m = grounding_mask.shape
+    visual_rows = jnp.concatenate([jnp.ones((b, n, n), bool), grounding_mask], axis=-1)
+    return jnp.concatenate([visual_rows, jnp.ones((b, m, n + m), bool)], axis=1)
+
+
 def _gate(alpha: nnx.Param, scale: float | jax.Array, dtype: jnp.dtype) -> jax.Array:
     return (scale * jnp.tanh(alpha[...])).astype(dtype)
 
@@ -251,6 +277,10 @@ class GatedSelfAttentionDense(nnx.Module):
 
     x ← x + β·tanh(α_attn)·SelfAttn(LN(concat[x, linear(g)]))[:, :N]
     x ← x + β·tanh(α_dense)·FF(LN(x))
+
+    With a `grounding_mask` (B, N, M) bool, each visual token attends to every visual token and
+    only to the grounding tokens the mask allows it (`grounding.grounding_key_mask`: those of the
+    subjects whose box covers it).
     """
 
     def __init__(
@@ -292,11 +322,17 @@ class GatedSelfAttentionDense(nnx.Module):
         )
 
     def __call__(
-        self, x: jax.Array, grounding: jax.Array, scale: float | jax.Array = 1.0
+        self,
+        x: jax.Array,
+        grounding: jax.Array,
+        scale: float | jax.Array = 1.0,
+        grounding_mask: jax.Array | None = None,
     ) -> jax.Array:
         n_visual = x.shape[1]
         objs = self.linear(grounding).astype(x.dtype)
-        attended = self.attn(self.norm1(jnp.concatenate([x, objs], axis=1)))[:, :n_visual]
+        mask = None if grounding_mask is None else adapter_mask(grounding_mask)
+        tokens = self.norm1(jnp.concatenate([x, objs], axis=1))
+        attended = self.attn(tokens, mask=mask)[:, :n_visual]
         x = x + _gate(self.alpha_attn, scale, x.dtype) * attended
         return x + _gate(self.alpha_dense, scale, x.dtype) * self.ff(self.norm2(x))
 
@@ -355,11 +391,12 @@ class BasicTransformerBlock(nnx.Module):
         grounding: jax.Array | None = None,
         adapter_scale: float | jax.Array = 1.0,
         positions: jax.Array | None = None,
+        grounding_mask: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array | None]:
         """Returns the new tokens and, when `positions` is given, the cross-attention map."""
         x = x + self.attn1(self.norm1(x))
         if grounding is not None and self.fuser is not None:
-            x = self.fuser(x, grounding, adapter_scale)
+            x = self.fuser(x, grounding, adapter_scale, grounding_mask)
         if positions is None:
             attended, maps = self.attn2(self.norm2(x), context), None
         else:
@@ -427,13 +464,23 @@ class Transformer2DModel(nnx.Module):
         grounding: jax.Array | None = None,
         adapter_scale: float | jax.Array = 1.0,
         positions: jax.Array | None = None,
+        grounding_layout: tuple[jax.Array, jax.Array] | None = None,
     ) -> tuple[jax.Array, list[jax.Array]]:
-        """Returns the new feature map (B, H, W, C) and one (B, H, W, K) map per block if asked."""
+        """Returns the new feature map (B, H, W, C) and one (B, H, W, K) map per block if asked.
+
+        grounding_layout: the grounding tokens' boxes (B, M, 4) and valid (B, M), which keep each
+        cell's adapter to the tokens whose box covers it (None: every token, as SPEC).
+        """
         batch, height, width, channels = x.shape
         h = self.proj_in(self.norm(x)).reshape(batch, height * width, channels)
+        g_mask = None
+        if grounding_layout is not None and grounding is not None:
+            g_mask = grounding_key_mask(grounding_layout, height, width)
         maps = []
         for block in self.transformer_blocks:
-            h, m = remat_call(self.remat, block, h, context, grounding, adapter_scale, positions)
+            h, m = remat_call(
+                self.remat, block, h, context, grounding, adapter_scale, positions, g_mask
+            )
             if m is not None:
                 maps.append(m.reshape(batch, height, width, -1))
         return x + self.proj_out(h.reshape(batch, height, width, channels)), maps

@@ -10,7 +10,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from sdjax.models.attention import GatedSelfAttentionDense
-from sdjax.models.grounding import GroundingConfig, GroundingNet
+from sdjax.models.grounding import GroundingConfig, GroundingNet, token_boxes
 from sdjax.models.image_encoder import CLIPVisionConfig, CLIPVisionModelWithProjection
 from sdjax.models.init import set_constant, torch_linear_init
 from sdjax.models.text_encoder import CLIPTextConfig, CLIPTextModel, CLSProjector
@@ -21,15 +21,22 @@ from sdjax.models.vae import AutoencoderKL, VAEConfig
 @dataclasses.dataclass(frozen=True)
 class Conditioning:
     """Which of the method's conditioning paths the model uses (all, as in SPEC; switching one
-    off is an ablation): the location-mask input channel and the CLS fusion into the prompt."""
+    off is an ablation): the location-mask input channel and the CLS fusion into the prompt; and
+    whether the adapters are kept to the boxes (`box_masked_adapter`, beyond SPEC: a cell's
+    adapter attends only to the grounding tokens of the subjects whose box covers it)."""
 
     location_mask: bool = True
     cls_fusion: bool = True
+    box_masked_adapter: bool = False
 
     @classmethod
     def from_config(cls, config: ConfigDict) -> Conditioning:
-        """From the `model` section (keys absent in older configs mean on)."""
-        return cls(config.get("use_location_mask", True), config.get("cls_fusion", True))
+        """From the `model` section (keys absent in older configs mean SPEC's)."""
+        return cls(
+            config.get("use_location_mask", True),
+            config.get("cls_fusion", True),
+            config.get("box_masked_adapter", False),
+        )
 
 
 class SubjectDiffusion(nnx.Module):
@@ -57,6 +64,18 @@ class SubjectDiffusion(nnx.Module):
         """The UNet's location channel for a (B, h, w, 1) mask: the mask, or zeros when the
         location path is off."""
         return mask if self.conditioning.location_mask else jnp.zeros_like(mask)
+
+    def grounding_layout(
+        self, boxes: jax.Array, valid: jax.Array
+    ) -> tuple[jax.Array, jax.Array] | None:
+        """The UNet's `grounding_layout` for subjects' boxes (B, S, 4) and valid slots (B, S):
+        each grounding token's box (B, S*N, 4) and validity (B, S*N) when the adapters are kept
+        to the boxes, else None."""
+        if not self.conditioning.box_masked_adapter:
+            return None
+        per_token = token_boxes(boxes, self.grounding.config)
+        b, s, n = per_token.shape[:3]
+        return per_token.reshape(b, s * n, 4), jnp.repeat(valid, n, axis=1)
 
     def encode_subjects(
         self,

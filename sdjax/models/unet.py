@@ -201,6 +201,7 @@ class Conditioning:
     grounding: jax.Array | None
     adapter_scale: float | jax.Array
     positions: jax.Array | None
+    grounding_layout: tuple[jax.Array, jax.Array] | None = None
 
 
 def _new_resnet(cfg: UNetConfig, c_in: int, c_out: int, rngs: nnx.Rngs, scale: float = 1.0):
@@ -251,7 +252,7 @@ class _Stage(nnx.Module):
             return h
         positions = cond.positions if self.record_maps else None
         h, new_maps = self.attentions[i](
-            h, cond.context, cond.grounding, cond.adapter_scale, positions
+            h, cond.context, cond.grounding, cond.adapter_scale, positions, cond.grounding_layout
         )
         maps.extend(new_maps)
         return h
@@ -386,6 +387,7 @@ class UNet(nnx.Module):
         *,
         adapter_scale: float | jax.Array = 1.0,
         attention_positions: jax.Array | None = None,
+        grounding_layout: tuple[jax.Array, jax.Array] | None = None,
     ) -> jax.Array | tuple[jax.Array, list[jax.Array]]:
         """Noise prediction (B, H, W, out_channels) float32 for sample (B, H, W, in_channels).
 
@@ -394,6 +396,8 @@ class UNet(nnx.Module):
         multiplying both gated adapter terms. attention_positions: (B, K) int32 text-token
         indices; when given, also returns one head-averaged cross-attention map (B, h, w, K)
         float32 per transformer block at `attention_map_factors`, in forward order.
+        grounding_layout: the grounding tokens' boxes (B, M, 4) and valid (B, M); when given, each
+        cell's adapters attend only to the tokens whose box covers it.
         """
         cfg = self.config
         if sample.shape[-1] != cfg.in_channels:
@@ -415,6 +419,7 @@ class UNet(nnx.Module):
             grounding=None if grounding_tokens is None else grounding_tokens.astype(cfg.dtype),
             adapter_scale=adapter_scale,
             positions=attention_positions,
+            grounding_layout=grounding_layout,
         )
         maps: list[jax.Array] = []
         h = self.conv_in(sample.astype(cfg.dtype))

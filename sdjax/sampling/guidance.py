@@ -56,6 +56,8 @@ class Conditions(NamedTuple):
     location_mask: jax.Array  # (B, h, w, 1)
     grounding: jax.Array  # (B, M, G) subject grounding tokens
     null_grounding: jax.Array  # (B, M, G) grounding tokens of empty slots
+    # boxes (B, S, 4) and valid (B, S) keeping the adapters to the boxes (None: not kept)
+    grounding_layout: tuple[jax.Array, jax.Array] | None = None
 
 
 def window_steps(interpolation: tuple[float, float], steps: int) -> tuple[int, int]:
@@ -123,8 +125,10 @@ def subject_phase(step: jax.Array, guidance: Guidance) -> jax.Array:
 
 def branch_inputs(
     latents: jax.Array, conditions: Conditions, phase: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """UNet sample (3B, h, w, C+1), context (3B, L, D) and grounding (3B, M, G) of the branches."""
+) -> tuple[jax.Array, jax.Array, jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """UNet sample (3B, h, w, C+1), context (3B, L, D), grounding (3B, M, G) and grounding
+    layout (boxes (3B, S, 4), valid (3B, S), no slot valid in the unconditional branch; None when
+    the conditions have none) of the branches."""
     c = conditions
     mask = jnp.where(phase, c.location_mask, 0.0).astype(latents.dtype)
     zero = jnp.zeros_like(mask)
@@ -139,7 +143,11 @@ def branch_inputs(
     )
     context = stacked(prompt, c.negative_context, c.negative_context)
     grounding = stacked(c.grounding, c.grounding, c.null_grounding)
-    return sample, context, grounding
+    layout = None
+    if c.grounding_layout is not None:
+        boxes, valid = c.grounding_layout
+        layout = (stacked(boxes, boxes, boxes), stacked(valid, valid, jnp.zeros_like(valid)))
+    return sample, context, grounding, layout
 
 
 def combine_branches(eps: jax.Array, text_scale: jax.Array, image_scale: jax.Array) -> jax.Array:

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sdjax.models.grounding import box_cells
 from sdjax.sampling.errors import SamplingInputError
 
 Box = Sequence[float]
@@ -113,10 +114,5 @@ def location_mask(boxes: jax.Array, valid: jax.Array, height: int, width: int) -
 
     boxes (B, S, 4) normalised; valid (B, S) bool.
     """
-    ys = (jnp.arange(height, dtype=jnp.float32) + 0.5) / height
-    xs = (jnp.arange(width, dtype=jnp.float32) + 0.5) / width
-    x0, y0, x1, y1 = (boxes[..., k, None] for k in range(4))  # (B, S, 1)
-    in_y = (y0 <= ys) & (ys <= y1)  # (B, S, height)
-    in_x = (x0 <= xs) & (xs <= x1)  # (B, S, width)
-    inside = in_y[..., :, None] & in_x[..., None, :] & valid[..., None, None]
+    inside = box_cells(boxes, valid, height, width)
     return 1.0 - jnp.any(inside, axis=1).astype(jnp.float32)[..., None]

@@ -128,6 +128,7 @@ def conditions(
         ),
         grounding=grounding,
         null_grounding=jnp.broadcast_to(null, (batch, *null.shape[1:])),
+        grounding_layout=model.grounding_layout(inputs.subject_boxes, inputs.reference_valid),
     )
 
 
@@ -155,13 +156,14 @@ def sample_batch(
     state = sampler.init_state(schedule, steps, inputs.noise)
 
     def subject_model(latents: jax.Array, timestep: jax.Array, phase: jax.Array) -> jax.Array:
-        sample, context, grounding = branch_inputs(latents, cond, phase)
+        sample, context, grounding, layout = branch_inputs(latents, cond, phase)
         eps = model.unet(
             sample,
             timestep,
             context,
             grounding,
             adapter_scale=jnp.where(phase, guidance.adapter_scale, 0.0),
+            grounding_layout=layout,
         )
         return combine_branches(eps, guidance.text_scale, guidance.image_scale)
 

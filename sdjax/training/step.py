@@ -104,7 +104,12 @@ def predict_with_maps(
     unet_input = jnp.concatenate([noisy, model.location_input(location).astype(noisy.dtype)], -1)
     positions = jnp.concatenate([batch["placeholder_positions"], batch["entity_positions"]], axis=1)
     return model.unet(
-        unet_input, timesteps, context, grounding_tokens, attention_positions=positions
+        unet_input,
+        timesteps,
+        context,
+        grounding_tokens,
+        attention_positions=positions,
+        grounding_layout=model.grounding_layout(batch["subject_boxes"], subjects),
     )
 
 
