@@ -5,6 +5,7 @@ reference drawn outside the renderer; then the learning benchmark's sampling and
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -14,6 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.toy_world import SETTINGS
+from configs import toy_world
 from sdjax.sampling import SubjectDiffusionPipeline
 from sdjax.toy_world.benchmark import sample_scenes
 from sdjax.toy_world.world import read_eval_file
@@ -133,3 +136,16 @@ def test_benchmark_samples_and_scores_held_out_scenes(run):
     summary = sampled.summary()
     assert set(summary) >= {"location", "identity", "class", "scene"}
     assert all(0.0 <= v <= 1.0 for v in summary.values())
+
+
+def test_every_benchmark_setting_overrides_a_key_of_the_toy_config():
+    """Each ablation's `--config.x=y` flags name a key of the toy config, of the value's type,
+    and change it."""
+    config = toy_world.get_config()
+    for name, overrides in SETTINGS.items():
+        for flag in overrides:
+            path, value = flag.removeprefix("--config.").split("=")
+            current = functools.reduce(getattr, path.split("."), config)  # AttributeError if absent
+            parsed = {"true": True, "false": False}.get(value.lower(), value)
+            assert isinstance(parsed, bool) == isinstance(current, bool), (name, flag)
+            assert type(current)(parsed) != current, (name, flag, current)
