@@ -38,6 +38,7 @@ SETTINGS: dict[str, tuple[str, ...]] = {
     "no_cls_fusion": ("--config.model.cls_fusion=false",),
     "no_attention_loss": ("--config.train.lambda_attn=0.0",),
     "no_box_coordinates": ("--config.model.grounding.box_embedding=false",),
+    "no_box_mask": ("--config.model.box_masked_adapter=false",),
 }
 CONTROL = "full, references dropped at sampling"
 CEILING = "ceiling: the true scenes through the VAE"

@@ -144,6 +144,10 @@ def get_config() -> ConfigDict:
     c.model.text_encoder = clip_config()
     c.model.image_encoder = clip_config(image_size=32, patch_size=8)
     c.model.grounding = grounding_config(hidden_dim=128, max_subjects=MAX_SUBJECTS)
+    # Beyond SPEC: each latent cell's adapters see only the subjects whose box covers it. Without
+    # it a UNet trained from scratch does not bind a look to its box within an hour: with two
+    # subjects the other's colour is drawn as often as one's own (docs/toy_world.md).
+    c.model.box_masked_adapter = True
 
     c.data.latent_downsample = VAE_DOWNSAMPLE
     c.data.latent_channels = LATENT_CHANNELS
