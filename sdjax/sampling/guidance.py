@@ -56,7 +56,8 @@ class Conditions(NamedTuple):
     location_mask: jax.Array  # (B, h, w, 1)
     grounding: jax.Array  # (B, M, G) subject grounding tokens
     null_grounding: jax.Array  # (B, M, G) grounding tokens of empty slots
-    # boxes (B, S, 4) and valid (B, S) keeping the adapters to the boxes (None: not kept)
+    # each grounding token's box (B, M, 4) and validity (B, M), keeping the adapters to the
+    # boxes (`SubjectDiffusion.grounding_layout`; None: not kept)
     grounding_layout: tuple[jax.Array, jax.Array] | None = None
 
 
@@ -127,8 +128,8 @@ def branch_inputs(
     latents: jax.Array, conditions: Conditions, phase: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array, tuple[jax.Array, jax.Array] | None]:
     """UNet sample (3B, h, w, C+1), context (3B, L, D), grounding (3B, M, G) and grounding
-    layout (boxes (3B, S, 4), valid (3B, S), no slot valid in the unconditional branch; None when
-    the conditions have none) of the branches."""
+    layout (token boxes (3B, M, 4), valid (3B, M), no token valid in the unconditional branch;
+    None when the conditions have none) of the branches."""
     c = conditions
     mask = jnp.where(phase, c.location_mask, 0.0).astype(latents.dtype)
     zero = jnp.zeros_like(mask)
