@@ -209,6 +209,24 @@ def test_finished_fit_is_reused(fitted):
     assert Stage(workdir).is_complete(vae_fit.stage_settings(config))
 
 
+def test_the_fit_is_keyed_by_the_records_bytes_not_their_paths(fitted, tmp_path):
+    """The same records reached through a link (a stage folder shared between runs) reuse the
+    finished fit; a record with other bytes does not."""
+    config, workdir, _ = fitted
+    folder = Path(config.vae_fit.file_pattern).parent
+    moved = config.copy_and_resolve_references()
+    (tmp_path / "linked").symlink_to(folder)
+    moved.vae_fit.file_pattern = str(tmp_path / "linked" / Path(config.vae_fit.file_pattern).name)
+    assert Stage(workdir).is_complete(vae_fit.stage_settings(moved))
+
+    changed = config.copy_and_resolve_references()
+    copied = Path(shutil.copytree(folder, tmp_path / "copied"))
+    first = sorted(copied.glob("*.tfrecord"))[0]
+    first.write_bytes(first.read_bytes()[:-1])
+    changed.vae_fit.file_pattern = str(copied / Path(config.vae_fit.file_pattern).name)
+    assert not Stage(workdir).is_complete(vae_fit.stage_settings(changed))
+
+
 def test_corrupt_export_is_refitted(fitted, tmp_path):
     config, workdir, result = fitted
     workdir = copy_of(workdir, tmp_path)

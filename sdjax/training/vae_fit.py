@@ -57,7 +57,7 @@ from sdjax.export import vae_config_json
 from sdjax.input_pipeline import decode, pipeline
 from sdjax.models.init import init_module
 from sdjax.models.vae import AutoencoderKL, DiagonalGaussian, VAEConfig
-from sdjax.stages import Stage
+from sdjax.stages import Stage, file_digest
 from sdjax.training.batches import map_batches
 from sdjax.training.checkpoint import Checkpointer
 from sdjax.training.metrics import MetricsWriter
@@ -332,8 +332,13 @@ def comparison_grid(originals: np.ndarray, reconstructions: np.ndarray) -> np.nd
 
 
 def stage_settings(config: ConfigDict) -> dict[str, Any]:
-    """What a finished fit is keyed by: the `vae_fit` section and the VAE sizes."""
-    return {"vae_fit": config.vae_fit.to_dict(), "vae": config.model.vae.to_dict()}
+    """What a finished fit is keyed by: the `vae_fit` section and the VAE sizes, and the records
+    by their bytes (SHA-256 of each, sorted), not by their paths: the same records reached through
+    another folder or link reuse the fit; changed records do not."""
+    fit = config.vae_fit.to_dict()
+    files = pipeline.list_files(fit.pop("file_pattern"))
+    records = sorted(file_digest(Path(f)) for f in files)
+    return {"vae_fit": fit, "vae": config.model.vae.to_dict(), "records": records}
 
 
 def _checkpointer(workdir: Path, cfg: ConfigDict) -> Checkpointer:
