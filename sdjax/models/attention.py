@@ -53,11 +53,16 @@ ATTENTION_RENAMES = (
 )
 
 
+def scaled_queries(q: jax.Array) -> jax.Array:
+    """q (..., H) × H^-1/2: the softmax scale applied to the queries, not to the T × S logits
+    (XLA:CPU otherwise materialises the scale broadcast to the logits' shape)."""
+    return q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+
+
 def attention_probs(q: jax.Array, k: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """Softmax attention probabilities (B, N, T, S) float32 of q (B, T, N, H) and k (B, S, N, H);
     a (B, T, S) bool `mask` keeps each query to its True keys (every row needs one)."""
-    logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
-    logits = logits * q.shape[-1] ** -0.5
+    logits = jnp.einsum("btnh,bsnh->bnts", scaled_queries(q), k, preferred_element_type=jnp.float32)
     if mask is not None:
         logits = jnp.where(mask[:, None], logits, -jnp.inf)
     return jax.nn.softmax(logits, axis=-1)
@@ -147,7 +152,6 @@ def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, block: int) -> j
     SD 2's 4096-token self-attention 3x faster so, its logits staying in cache.
     """
     tokens, keys, heads, head_size = q.shape[1], k.shape[1], q.shape[2], q.shape[3]
-    scale = head_size**-0.5
     key_blocks, value_blocks = _blocks(k, block), _blocks(v, block)
     key_valid = (jnp.arange(key_blocks.shape[0] * block) < keys).reshape(-1, block)
 
@@ -158,7 +162,7 @@ def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, block: int) -> j
             logits = jnp.einsum(
                 "btnh,bsnh->bnts", queries, keys_, preferred_element_type=jnp.float32
             )
-            logits = jnp.where(valid, logits * scale, -jnp.inf)
+            logits = jnp.where(valid, logits, -jnp.inf)
             # The result does not depend on the running maximum: no gradient through it.
             new_top = jax.lax.stop_gradient(jnp.maximum(top, logits.max(axis=-1)))
             weights = jnp.exp(logits - new_top[..., None])
@@ -181,7 +185,7 @@ def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, block: int) -> j
         (_, total, summed), _ = jax.lax.scan(step, start, (key_blocks, value_blocks, key_valid))
         return (summed / total[..., None]).swapaxes(1, 2).astype(v.dtype)
 
-    out = jax.lax.map(jax.checkpoint(query_block), _blocks(q, block))
+    out = jax.lax.map(jax.checkpoint(query_block), _blocks(scaled_queries(q), block))
     return out.swapaxes(0, 1).reshape(q.shape[0], -1, heads, head_size)[:, :tokens]
 
 
@@ -255,17 +259,24 @@ class FeedForward(nnx.Module):
         self.proj_out = linear(inner, dim, axes=MLP_OUT_AXES, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        value, gate = jnp.split(self.proj_in(x), 2, axis=-1)
+        """The value and gate halves of `proj_in` as two products: splitting one product's
+        (tokens, 2 x inner) output makes XLA:CPU copy its gradient back together."""
+        proj = self.proj_in
+        x, kernel, bias = proj.promote_dtype(
+            (x, proj.kernel[...], proj.bias[...]), dtype=proj.dtype
+        )
+        inner = kernel.shape[-1] // 2
+        value = x @ kernel[:, :inner] + bias[:inner]
+        gate = x @ kernel[:, inner:] + bias[inner:]
         return self.proj_out(value * jax.nn.gelu(gate, approximate=False))
 
 
 def adapter_mask(grounding_mask: jax.Array) -> jax.Array:
-    """(B, N + M, N + M) bool self-attention mask of the adapter's [visual; grounding] tokens from
-    the visual tokens' (B, N, M) grounding mask: visual keys always, grounding keys where allowed;
-    the grounding tokens' own rows (dropped after the attention) see every key."""
-    b, n, m = grounding_mask.shape
-    visual_rows = jnp.concatenate([jnp.ones((b, n, n), bool), grounding_mask], axis=-1)
-    return jnp.concatenate([visual_rows, jnp.ones((b, m, n + m), bool)], axis=1)
+    """(B, N, N + M) bool mask of the adapter's visual queries over its [visual; grounding] keys
+    from the visual tokens' (B, N, M) grounding mask: visual keys always, grounding keys where
+    allowed."""
+    b, n, _ = grounding_mask.shape
+    return jnp.concatenate([jnp.ones((b, n, n), bool), grounding_mask], axis=-1)
 
 
 def _gate(alpha: nnx.Param, scale: float | jax.Array, dtype: jnp.dtype) -> jax.Array:
@@ -328,11 +339,11 @@ class GatedSelfAttentionDense(nnx.Module):
         scale: float | jax.Array = 1.0,
         grounding_mask: jax.Array | None = None,
     ) -> jax.Array:
-        n_visual = x.shape[1]
         objs = self.linear(grounding).astype(x.dtype)
         mask = None if grounding_mask is None else adapter_mask(grounding_mask)
         tokens = self.norm1(jnp.concatenate([x, objs], axis=1))
-        attended = self.attn(tokens, mask=mask)[:, :n_visual]
+        # Only the visual rows are kept: the grounding tokens are keys and values, not queries.
+        attended = self.attn(tokens[:, : x.shape[1]], tokens, mask=mask)
         x = x + _gate(self.alpha_attn, scale, x.dtype) * attended
         return x + _gate(self.alpha_dense, scale, x.dtype) * self.ff(self.norm2(x))
 
