@@ -302,9 +302,13 @@ def test_weighted_diffusion_loss_and_paper_attention_loss(
     check(loss, parts, want, want_diffusion, want_attention)
 
 
-def test_box_masked_adapter_keeps_each_cell_to_its_given_subjects(config, model, base_batch):
+@pytest.mark.parametrize("patch_boxes", [False, True])
+def test_box_masked_adapter_keeps_each_cell_to_its_given_subjects(
+    config, model, base_batch, patch_boxes
+):
     """`model.box_masked_adapter`: the step hands the UNet the boxes of the subjects it gives the
-    grounding net (dropped subjects are not among them); with the adapters' gates open, keeping
+    grounding net (dropped subjects are not among them), each token its subject's whole box also
+    when `patch_boxes` puts its position code on its tile; with the adapters' gates open, keeping
     them to the boxes changes the loss."""
     drop_text, drop_mask, drop_subjects = BRANCHES["mixed"]
     batch = {**base_batch, "drop_text": drop_text, "drop_mask": drop_mask}
@@ -315,6 +319,8 @@ def test_box_masked_adapter_keeps_each_cell_to_its_given_subjects(config, model,
         adapter.alpha_dense[...] = 1.0
     masked = nnx.clone(opened)
     masked.conditioning = dataclasses.replace(masked.conditioning, box_masked_adapter=True)
+    grounding = masked.grounding.config
+    masked.grounding.config = dataclasses.replace(grounding, patch_boxes=patch_boxes)
     key = jax.random.key(KEY)
     loss, parts = sdjax_loss(config, masked, batch, key)
     want, want_diffusion, want_attention = reference_loss(masked, batch, config, key)

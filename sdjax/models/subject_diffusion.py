@@ -10,7 +10,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from sdjax.models.attention import GatedSelfAttentionDense
-from sdjax.models.grounding import GroundingConfig, GroundingNet, token_boxes
+from sdjax.models.grounding import GroundingConfig, GroundingNet
 from sdjax.models.image_encoder import CLIPVisionConfig, CLIPVisionModelWithProjection
 from sdjax.models.init import set_constant, torch_linear_init
 from sdjax.models.text_encoder import CLIPTextConfig, CLIPTextModel, CLSProjector
@@ -70,11 +70,14 @@ class SubjectDiffusion(nnx.Module):
     ) -> tuple[jax.Array, jax.Array] | None:
         """The UNet's `grounding_layout` for subjects' boxes (B, S, 4) and valid slots (B, S):
         each grounding token's box (B, S*N, 4) and validity (B, S*N) when the adapters are kept
-        to the boxes, else None."""
+        to the boxes, else None. A token's box here is its subject's, also with
+        `grounding.patch_boxes` (which places only its position code on its tile): a cell sees
+        every token of the subjects covering it."""
         if not self.conditioning.box_masked_adapter:
             return None
-        per_token = token_boxes(boxes, self.grounding.config)
-        b, s, n = per_token.shape[:3]
+        n = self.grounding.config.num_patch_tokens
+        b, s = valid.shape
+        per_token = jnp.broadcast_to(boxes[:, :, None, :], (b, s, n, 4))
         return per_token.reshape(b, s * n, 4), jnp.repeat(valid, n, axis=1)
 
     def encode_subjects(
