@@ -10,8 +10,8 @@ Logical axis names of parameters: q/k/v kernels ("embed", "heads"), output kerne
 gates () (scalars); the rest as in `sdjax.models.layers`.
 
 Attention logits and softmax are float32 whatever the compute dtype (diffusers'
-`upcast_attention` is therefore always on): q·k accumulates in float32 from compute-dtype q and k,
-the softmax runs in float32 and the probabilities are cast to v's dtype.
+`upcast_attention` is therefore always on): q, scaled by H^-1/2 in its dtype, and k multiply
+with float32 accumulation, the softmax runs in float32 and the probabilities are cast to v's dtype.
 
 The implementation is chosen per backend (`attention`, one of `ATTENTION_KINDS`; `auto` by
 default): `einsum` writes attention out as two einsums and a softmax, which XLA:CPU runs 2.6x
