@@ -3,8 +3,9 @@
 With the persistent compilation cache off, from abstract parameters (nothing materialised but
 where said), for the step of `trainer.build_run` on a config of `configs/`:
 
-- building the model abstractly (`nnx.eval_shape`) and drawing its parameters on the host
-  (`trainer.init_model`);
+- building the model abstractly (`nnx.eval_shape`), and the run with its parameters drawn on the
+  host and its optimizer state (`trainer.build_run`), fresh or to be restored (only the frozen
+  parameters drawn: a resume);
 - each part compiled alone as its own program of the step's shapes: VAE encode and CLIP vision
   (forward: frozen), fusion text encoder, grounding net + CLS projector and UNet with its
   attention maps (forward + backward to the trainable parameters), the AdamW update;
@@ -130,8 +131,12 @@ def main() -> None:
     whole = seconds(lambda: run.step_fn.lower(run.state, run.frozen, batch))
     compile_s, _ = seconds(whole[1].compile)
     rows.append(("whole step", whole[0], compile_s))
-    init_s, _ = seconds(lambda: trainer.init_model(config, mesh))
-    rows.append(("parameters drawn on the host (init_model)", init_s, None))
+    fresh_s, _ = seconds(lambda: trainer.build_run(config, mesh))
+    rows.append(
+        ("run built fresh: every parameter drawn, optimizer state (build_run)", fresh_s, None)
+    )
+    resume_s, _ = seconds(lambda: trainer.build_run(config, mesh, restoring=True))
+    rows.append(("run built to resume: frozen parameters drawn only (restoring)", resume_s, None))
 
     print(f"machine: {machine_description()}")
     print(f"config {args.config}, batch {config.data.batch_size}, {config.model.dtype}, cache off")

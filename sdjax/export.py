@@ -214,7 +214,8 @@ def export_run(
             raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
         shutil.rmtree(out)
     mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
-    run = trainer.build_run(config, mesh, frozen_as_computed=False)  # weights as loaded
+    # Frozen weights as loaded; the trained ones come from the checkpoint, never drawn.
+    run = trainer.build_run(config, mesh, frozen_as_computed=False, restoring=True)
     state = checkpoints.restore_state(step, run.state)
     checkpoints.close()
     params = state.ema if weights == "ema" else state.params

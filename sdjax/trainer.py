@@ -68,11 +68,16 @@ def maybe_initialize_distributed(config: ConfigDict) -> None:
         jax.distributed.initialize()
 
 
-def init_model(config: ConfigDict, mesh: jax.sharding.Mesh):
+def init_model(config: ConfigDict, mesh: jax.sharding.Mesh, *, draw_trainable: bool = True):
     """The model with sharded parameters: loaded from `config.model.pretrained` (and the image
     encoder folder), or randomly initialised (drawn on the host), but for the VAE of
     `config.model.vae_path` and the image encoder of `config.model.image_encoder_path` when they
-    are given. Either way each device receives only its shards, straight from the host."""
+    are given (loaded, never drawn). Either way each device receives only its shards, straight
+    from the host.
+
+    `draw_trainable=False` (a random initialisation only): the trainable parameters stay
+    `jax.ShapeDtypeStruct`s, for a run that restores them from a checkpoint.
+    """
     shardings = mesh_shardings(mesh)
     if config.model.pretrained:
         return load_parts(
@@ -81,8 +86,17 @@ def init_model(config: ConfigDict, mesh: jax.sharding.Mesh):
             image_encoder=config.model.image_encoder_path,
             shardings=shardings,
         )
+    loaded = {"vae": config.model.get("vae_path"), "image_encoder": config.model.image_encoder_path}
+    trained = trainable.trainable_filter(trainable_patterns(config))
+
+    def draw(path, var) -> bool:
+        return not loaded.get(str(path[0])) and (draw_trainable or not trained(path, var))
+
     model = init_module(
-        lambda rngs: build_subject_diffusion(config.model, rngs), config.seed, shardings=shardings
+        lambda rngs: build_subject_diffusion(config.model, rngs),
+        config.seed,
+        shardings=shardings,
+        draw=draw,
     )
     if config.model.get("vae_path"):
         model.vae = load_fitted_vae(config.model.vae_path, model.vae.config, mesh)
@@ -127,15 +141,19 @@ def mesh_shardings(mesh: jax.sharding.Mesh) -> Shardings:
     return lambda state: sharding.state_shardings(state, mesh)
 
 
-def split_trainable(model: nnx.Module, config: ConfigDict):
-    """(graphdef, trainable params, frozen rest) with the trainable set of `config.train`."""
-    patterns = trainable.trainable_patterns(
+def trainable_patterns(config: ConfigDict) -> tuple[str, ...]:
+    """The trainable set of `config.train`, as `trainable.trainable_patterns`."""
+    return trainable.trainable_patterns(
         full_unet=config.train.full_unet,
         image_encoder_layers=config.train.image_encoder_layers,
         num_image_encoder_layers=config.model.image_encoder.num_hidden_layers,
         full_image_encoder=config.train.get("full_image_encoder", False),
     )
-    return nnx.split(model, trainable.trainable_filter(patterns), ...)
+
+
+def split_trainable(model: nnx.Module, config: ConfigDict):
+    """(graphdef, trainable params, frozen rest) with the trainable set of `config.train`."""
+    return nnx.split(model, trainable.trainable_filter(trainable_patterns(config)), ...)
 
 
 def global_batch(local: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
@@ -163,6 +181,7 @@ def build_run(
     model: nnx.Module | None = None,
     *,
     frozen_as_computed: bool = True,
+    restoring: bool = False,
 ) -> Run:
     """Model and train state on `mesh` (frozen weights stay outside the optimizer and the
     checkpoints) and the step, jitted once with explicit shardings and a donated state.
@@ -170,20 +189,33 @@ def build_run(
     `model`: an already initialised model to place on `mesh` instead of initialising one.
     `frozen_as_computed`: store frozen kernels in the compute dtype
     (`trainable.frozen_in_compute_dtype`); False keeps them as loaded (exports).
+    `restoring`: the train state is to come from a checkpoint: it is left abstract (shape,
+    dtype and sharding), and a random initialisation draws only the frozen parameters.
     """
     # Inline: a model initialised here is not held, its arrays live on in `params` and `frozen`.
     graphdef, params, frozen = split_trainable(
-        model if model is not None else init_model(config, mesh), config
+        model if model is not None else init_model(config, mesh, draw_trainable=not restoring),
+        config,
     )
     if frozen_as_computed:  # the originals are freed once cast
         frozen = trainable.frozen_in_compute_dtype(frozen, config.model.dtype)
     frozen = jax.device_put(frozen, sharding.state_shardings(frozen, mesh))
     optimizer = make_optimizer(config.optimizer)
-    if model is not None:  # the step donates the state; the caller's model keeps its buffers
-        params = jax.tree.map(jnp.copy, params)
-    state = init_train_state(params, optimizer, config.seed, config.train.ema_decay > 0)
-    state = jax.device_put(state, _state_shardings(state, mesh))
+    if restoring:
+        state = _abstract_state(params, optimizer, config, mesh)
+    else:
+        if model is not None:  # the step donates the state; the caller's model keeps its buffers
+            params = jax.tree.map(jnp.copy, params)
+        state = init_train_state(params, optimizer, config.seed, config.train.ema_decay > 0)
+        state = jax.device_put(state, _state_shardings(state, mesh))
     return Run(graphdef, state, frozen, _jit_step(config, graphdef, optimizer, state, frozen, mesh))
+
+
+def _abstract_state(params, optimizer, config: ConfigDict, mesh: jax.sharding.Mesh) -> TrainState:
+    """The train state of `params` as shape structs with the shardings the run places it with."""
+    use_ema = config.train.ema_decay > 0
+    state = jax.eval_shape(lambda p: init_train_state(p, optimizer, config.seed, use_ema), params)
+    return _with_shardings(state, _state_shardings(state, mesh))
 
 
 def abstract_run(config: ConfigDict, mesh: jax.sharding.Mesh) -> Run:
@@ -194,9 +226,7 @@ def abstract_run(config: ConfigDict, mesh: jax.sharding.Mesh) -> Run:
         model = nnx.eval_shape(build)
     graphdef, params, frozen = split_trainable(model, config)
     optimizer = make_optimizer(config.optimizer)
-    use_ema = config.train.ema_decay > 0
-    state = jax.eval_shape(lambda p: init_train_state(p, optimizer, config.seed, use_ema), params)
-    state = _with_shardings(state, _state_shardings(state, mesh))
+    state = _abstract_state(params, optimizer, config, mesh)
     frozen = _with_shardings(frozen, sharding.state_shardings(frozen, mesh))
     frozen = trainable.frozen_in_compute_dtype(frozen, config.model.dtype)
     return Run(graphdef, state, frozen, _jit_step(config, graphdef, optimizer, state, frozen, mesh))
@@ -352,7 +382,7 @@ def _train(
         batches = make_batches(config.data)
         status("data", f"input pipeline ready, batch {config.data.batch_size}")
 
-        run = build_run(config, mesh)
+        run = build_run(config, mesh, restoring=start > 0)
         counts = trainable.parameter_counts(run.state.params, run.frozen)
         total = sum(trained + fixed for trained, fixed in counts.values())
         status(

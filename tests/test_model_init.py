@@ -75,6 +75,17 @@ def test_sharded_placement_keeps_values(small):
     assert placed.dense.kernel[...].dtype == jnp.float32
 
 
+def test_only_the_selected_variables_are_drawn_with_the_same_values(small):
+    """`draw`: the selected variables get the values a full draw gives them (the model's own
+    initialisation included); the others stay shape structs."""
+    some = init.init_module(Small, seed=3, draw=lambda path, _: path[0] in ("dense", "extra"))
+    np.testing.assert_array_equal(some.dense.kernel[...], small.dense.kernel[...])
+    np.testing.assert_array_equal(some.extra[...], small.extra[...])
+    assert isinstance(some.conv.kernel.get_value(), jax.ShapeDtypeStruct)
+    assert some.conv.kernel.get_value().shape == small.conv.kernel[...].shape
+    assert isinstance(some.norm.scale.get_value(), jax.ShapeDtypeStruct)
+
+
 def test_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="unknown initialiser 'orthogonal'"):
         init.InitSpec("orthogonal")

@@ -102,3 +102,20 @@ def test_one_step_changes_exactly_the_trainable_set(config, batch, full_unet, en
             assert before[path].tobytes() == after[path].tobytes(), path
     assert any(p[0] == "image_encoder" for p in changed) == bool(encoder_tail)
     assert any(p[0] == "unet" and p[1] == "conv_out" for p in changed) == full_unet
+
+
+def test_a_run_to_restore_draws_only_the_frozen_set(config):
+    """`build_run(restoring=True)`, as a resume builds it: the trainable parameters and their
+    optimizer state are shape structs with their shardings (the checkpoint fills them), the
+    frozen ones hold the values a full initialisation draws."""
+    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    full = trainer.build_run(config, mesh)
+    restoring = trainer.build_run(config, mesh, restoring=True)
+    abstract = jax.tree.leaves(restoring.state)
+    assert abstract and all(isinstance(x, jax.ShapeDtypeStruct) for x in abstract)
+    assert trainer.signature_differences(full.state, restoring.state) == []
+    trained = _flat(nnx.state(nnx.merge(full.graphdef, full.state.params, full.frozen), nnx.Param))
+    frozen = _flat(restoring.frozen)
+    assert frozen.keys() == {p for p in trained if not spec_trainable(p, False, 0)}
+    for path, value in frozen.items():
+        assert value.tobytes() == trained[path].tobytes(), path

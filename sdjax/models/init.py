@@ -228,11 +228,14 @@ def init_module(
     build: Callable[[nnx.Rngs], nnx.Module],
     seed: int = 0,
     shardings: Shardings | None = None,
+    draw: Callable[[NnxPath, nnx.Variable], bool] | None = None,
 ) -> nnx.Module:
     """`build(nnx.Rngs(seed))` with every `InitSpec` parameter drawn on the host (see module doc).
 
     shardings: where each variable goes (`Shardings`); default: the default device. Each host
     draws the full value and keeps its own shards.
+    draw: which variables to draw (default: all); the others stay `jax.ShapeDtypeStruct`s, for
+    parts loaded or restored afterwards. A drawn value does not depend on which others are drawn.
     """
     with fast_tracing():
         abstract = nnx.eval_shape(lambda: build(nnx.Rngs(seed)))
@@ -243,9 +246,9 @@ def init_module(
     def place(path: NnxPath, host: np.ndarray) -> jax.Array:
         return place_host_value(host, placement.get(path))
 
-    values = host_values(build, flat, list(flat), seed, transform=place)
-    for path, var in flat.items():
-        var.set_value(values[path])
+    paths = [path for path, var in flat.items() if draw is None or draw(path, var)]
+    for path, value in host_values(build, flat, paths, seed, transform=place).items():
+        flat[path].set_value(value)
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
