@@ -86,6 +86,22 @@ def test_only_the_selected_variables_are_drawn_with_the_same_values(small):
     assert isinstance(some.norm.scale.get_value(), jax.ShapeDtypeStruct)
 
 
+def test_every_variable_of_subject_diffusion_is_drawn_on_the_host():
+    """No variable of the model needs its own jitted initialisation (a trace of the whole model
+    and an XLA compile at every start)."""
+    from sdjax.models.subject_diffusion import build_subject_diffusion
+    from tests.training_config import micro_config
+
+    config = micro_config("").model
+    model = nnx.eval_shape(lambda: build_subject_diffusion(config, nnx.Rngs(0)))
+    missing = [
+        "/".join(map(str, path))
+        for path, var in nnx.to_flat_state(nnx.state(model))
+        if var.get_metadata().get(init.INIT_METADATA) is None
+    ]
+    assert missing == []
+
+
 def test_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="unknown initialiser 'orthogonal'"):
         init.InitSpec("orthogonal")

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sdjax.models import layers
+from sdjax.models.init import ZEROS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +112,8 @@ class GroundingNet(nnx.Module):
         self.config = config
         dtype = jnp.dtype(config.dtype)
         n, in_dim = config.num_patch_tokens, config.patch_dim + config.fourier_dim
-        self.null_patch_feature = nnx.Param(jnp.zeros((1, n, config.patch_dim), jnp.float32))
-        self.null_position_feature = nnx.Param(jnp.zeros((1, n, config.fourier_dim), jnp.float32))
+        self.null_patch_feature = nnx.Param(jnp.zeros((1, n, config.patch_dim)), init=ZEROS)
+        self.null_position_feature = nnx.Param(jnp.zeros((1, n, config.fourier_dim)), init=ZEROS)
         self.norm = layers.LayerNorm(in_dim, rngs=rngs)
         self.linear_1 = layers.linear(in_dim, config.hidden_dim, dtype=dtype, rngs=rngs)
         self.linear_2 = layers.linear(config.hidden_dim, config.out_dim, dtype=dtype, rngs=rngs)

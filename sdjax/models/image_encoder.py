@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sdjax.models.clip import CLIPEncoder, CLIPEncoderConfig
-from sdjax.models.init import EAGER_SHARDING
+from sdjax.models.init import EAGER_SHARDING, LECUN_NORMAL, InitSpec, initializer
 from sdjax.models.layers import CONV_AXES, DType, LayerNorm, embedding, linear
 
 
@@ -59,9 +59,11 @@ class CLIPVisionEmbeddings(nnx.Module):
     def __init__(self, config: CLIPVisionConfig, *, rngs: nnx.Rngs):
         d, p = config.hidden_size, config.patch_size
         self.image_size = config.image_size
+        class_init = InitSpec("normal", stddev=d**-0.5)
         self.class_embedding = nnx.Param(
-            jax.random.normal(rngs.params(), (d,), jnp.float32) * d**-0.5,
+            jax.random.normal(rngs.params(), (d,), jnp.float32) * class_init.stddev,
             out_sharding=("embed",),
+            init=class_init,
             eager_sharding=EAGER_SHARDING,
         )
         self.patch_embedding = nnx.Conv(
@@ -73,9 +75,7 @@ class CLIPVisionEmbeddings(nnx.Module):
             use_bias=False,
             dtype=config.dtype,
             param_dtype=jnp.float32,
-            kernel_init=nnx.with_partitioning(
-                nnx.initializers.lecun_normal(), CONV_AXES, eager_sharding=EAGER_SHARDING
-            ),
+            kernel_init=initializer(LECUN_NORMAL, CONV_AXES),
             rngs=rngs,
         )
         self.position_embedding = embedding(
