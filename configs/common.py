@@ -94,6 +94,9 @@ def base_config(resolution: int) -> ConfigDict:
     # Compile the step from abstract parameters while the input starts and the parameters are
     # drawn or loaded (False: after them, for a lower host-memory peak).
     c.train.overlap_compile = True
+    # Keep the compiled step in WORKDIR/compiled_step: a resume of the same code, config and
+    # devices loads it instead of tracing and compiling (one-process runs).
+    c.train.keep_compiled_step = True
 
     c.optimizer = ConfigDict()
     c.optimizer.learning_rate = 3e-5

@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ from sdjax.models.init import Shardings, init_module
 from sdjax.models.subject_diffusion import build_subject_diffusion
 from sdjax.models.tracing import fast_tracing
 from sdjax.models.vae import AutoencoderKL, VAEConfig
-from sdjax.training import trainable
+from sdjax.training import saved_step, trainable
 from sdjax.training.checkpoint import Checkpointer
 from sdjax.training.metrics import MetricsWriter
 from sdjax.training.optimizer import learning_rate_schedule, make_optimizer
@@ -42,6 +43,7 @@ from sdjax.weights.vae import load_vae
 logger = logging.getLogger(__name__)
 
 RUN_CONFIG = "config.json"
+SAVED_STEP_DIR = "compiled_step"  # the compiled step a resume loads (`saved_step`)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,7 +55,9 @@ class TrainResult:
     step: int
     state: TrainState
     last_metrics: dict[str, float]
-    compilations: int  # how many programs the step compiled to (1 unless shapes changed)
+    # How many programs this process compiled the step to (1 unless shapes changed; 0 when the
+    # step was loaded from the run directory, or the run had finished).
+    compilations: int
     preempted: bool = False  # stopped by SIGTERM/SIGINT before num_steps, checkpoint saved
 
 
@@ -262,12 +266,47 @@ def compile_step(run: Run, config: ConfigDict, mesh: jax.sharding.Mesh) -> jax.s
     return compiled
 
 
-def compiled_abstract_step(config: ConfigDict, mesh: jax.sharding.Mesh) -> Run:
-    """`abstract_run` with its step compiled: needs no parameters, so it can run beside their
-    loading (XLA releases the GIL while it compiles)."""
+def compiled_abstract_step(
+    config: ConfigDict, mesh: jax.sharding.Mesh
+) -> tuple[Run, jax.stages.Compiled | None]:
+    """`abstract_run` with its step compiled, and the program when it may be kept
+    (`saved_step.compile_keepable`): needs no parameters, so it can run beside their loading
+    (XLA releases the GIL while it compiles)."""
     run = abstract_run(config, mesh)
-    compile_step(run, config, mesh)
-    return run
+    return run, saved_step.compile_keepable(lambda: compile_step(run, config, mesh))
+
+
+def ready_step(
+    run: Run, prepared: Any, config: ConfigDict, mesh: jax.sharding.Mesh
+) -> tuple[Callable, jax.stages.Compiled | None]:
+    """The step to train `run` with, and its program when it may be kept (None when loaded,
+    or read from the persistent cache: `saved_step.compile_keepable`).
+
+    `prepared`: what the compile worker made ready, used when it takes `run`'s inputs: a step
+    loaded from the run directory (`saved_step.load`), or `compiled_abstract_step`'s result; with
+    neither (or when they differ, e.g. loaded weights kept in another dtype) `run`'s own step is
+    compiled now.
+    """
+    if isinstance(prepared, jax.stages.Compiled):
+        batch = abstract_batch(config.data, mesh)
+        differences = saved_step.differences(prepared, run.state, run.frozen, batch)
+        if not differences:
+            return prepared, None
+        logger.warning("the saved step takes other inputs (%s); compiling", differences[0])
+    elif prepared is not None:
+        abstract, compiled = prepared
+        differences = signature_differences(
+            (abstract.state, abstract.frozen), (run.state, run.frozen)
+        )
+        if not differences:
+            return abstract.step_fn, compiled
+        logger.warning(
+            "%d parameters differ from the abstract ones the step was compiled for "
+            "(first: %s); compiling for the loaded ones",
+            len(differences),
+            differences[0],
+        )
+    return run.step_fn, saved_step.compile_keepable(lambda: compile_step(run, config, mesh))
 
 
 def signature(tree) -> dict[str, tuple]:
@@ -373,9 +412,17 @@ def _train(
     checkpoints = checkpointer(config, workdir)
     start = checkpoints.latest_step() or 0
     compiling = start < tc.num_steps  # a finished run is restored without compiling its step
+    # The compiled step kept beside the checkpoints (one process: each host of a pod would need
+    # its own), found by what it is made from.
+    keep = compiling and tc.keep_compiled_step and jax.process_count() == 1
+    saved_dir = workdir / SAVED_STEP_DIR
+    key = saved_step.fingerprint(config, mesh) if keep else ""
+    loading = keep and saved_step.path_of(saved_dir, key).is_file()
     with concurrent.futures.ThreadPoolExecutor(1, "compile") as worker:
         ahead = None
-        if compiling and tc.overlap_compile:
+        if loading:
+            ahead = worker.submit(saved_step.load, saved_dir, key, mesh)
+        elif compiling and tc.overlap_compile:
             ahead = worker.submit(compiled_abstract_step, config, mesh)
 
         # Input: this host's files, per-host batch, checkpointable position.
@@ -391,23 +438,16 @@ def _train(
             + trainable.parameter_overview(counts),
         )
         state, frozen, step_fn = run.state, run.frozen, run.step_fn
-        if ahead is not None:
-            abstract = ahead.result()
-            differences = signature_differences((abstract.state, abstract.frozen), (state, frozen))
-            if differences:  # e.g. loaded weights kept in another dtype: compile for them
-                logger.warning(
-                    "%d parameters differ from the abstract ones the step was compiled for "
-                    "(first: %s); compiling for the loaded ones",
-                    len(differences),
-                    differences[0],
-                )
-                ahead = None
-            else:
-                step_fn = abstract.step_fn
-        if compiling and ahead is None:
-            compile_step(run, config, mesh)
+        loaded = False
         if compiling:
-            status("compile", "train step compiled")
+            step_fn, keepable = ready_step(run, ahead.result() if ahead else None, config, mesh)
+            loaded = isinstance(step_fn, jax.stages.Compiled)
+            status(
+                "compile",
+                f"train step loaded from {saved_dir}" if loaded else "train step compiled",
+            )
+            if keep and keepable is not None:
+                saved_step.save(saved_dir, key, keepable)
 
     # Restore: the same command resumes from the last checkpoint, on any mesh.
     if start:
@@ -456,7 +496,8 @@ def _train(
     checkpoints.close()
     writer.close()
     preempted = stop and step < tc.num_steps
-    return TrainResult(step, state, metrics, step_fn._cache_size(), preempted)
+    compilations = 0 if loaded else step_fn._cache_size()
+    return TrainResult(step, state, metrics, compilations, preempted)
 
 
 def _state_shardings(state: TrainState, mesh) -> TrainState:

@@ -42,11 +42,25 @@ def _read_until(process: subprocess.Popen, marker: str) -> list[str]:
     raise AssertionError(f"no {marker!r} in {TIMEOUT} s: {lines}")
 
 
+def _sigterm_after_steps(process: subprocess.Popen) -> tuple[str, str]:
+    try:
+        time.sleep(2)  # a few steps
+        process.send_signal(signal.SIGTERM)
+        return process.communicate(timeout=TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
 def test_second_run_is_refused_and_sigterm_exits_for_requeue(tmp_path):
     workdir = tmp_path / "run"
-    first = _train(
-        workdir, "--config.train.num_steps=100000", "--config.train.checkpoint_every=1000"
+    # Its own compilation cache: the first run compiles the step afresh, so it keeps it.
+    flags = (
+        "--config.train.num_steps=100000",
+        "--config.train.checkpoint_every=1000",
+        f"--config.compilation_cache={tmp_path / 'cache'}",
     )
+    first = _train(workdir, *flags)
     try:
         startup = _read_until(first, "compile:")
         stages = [line.split("]")[1].split(":")[0].strip() for line in startup if "s] " in line]
@@ -60,16 +74,22 @@ def test_second_run_is_refused_and_sigterm_exits_for_requeue(tmp_path):
             err.strip().splitlines()[-1]
         ], err
 
-        time.sleep(2)  # a few steps
-        first.send_signal(signal.SIGTERM)
-        out, err = first.communicate(timeout=TIMEOUT)
     finally:
-        if first.poll() is None:
-            first.kill()
+        out, err = _sigterm_after_steps(first)
     assert first.returncode == cli.EXIT_PREEMPTED, (out, err[-2000:])
     assert "run the same command to resume" in out
     assert list((workdir / "checkpoints").iterdir()), "no checkpoint saved on SIGTERM"
     assert not (workdir / "export").exists()
+
+    # The same command resumes with the step the first run compiled and kept.
+    resumed = _train(workdir, *flags)
+    try:
+        startup = _read_until(resumed, "compile:")
+        assert "train step loaded from" in startup[-1], startup
+        _read_until(resumed, "restore:")
+    finally:
+        out, err = _sigterm_after_steps(resumed)
+    assert resumed.returncode == cli.EXIT_PREEMPTED, (out, err[-2000:])
 
 
 def test_lock_names_its_holder_and_a_killed_holder_releases_it(tmp_path):
