@@ -38,7 +38,7 @@ ENVIRONMENT = ("XLA_FLAGS", "LIBTPU_INIT_ARGS")
 # and one read from the persistent cache.
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
-COMPRESSION_LEVEL = 1  # zlib: a 10.7 MB CPU executable of the tiny step keeps ~1/7 of it
+COMPRESSION_LEVEL = 1  # zlib: fast; executables compress well (sizes in docs/benchmarks.md)
 
 
 def source_digest(package: Path = Path(sdjax.__file__).parent) -> str:
