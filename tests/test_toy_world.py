@@ -343,6 +343,34 @@ def test_evaluator_reads_ground_truth_renders():
         assert summary[key] >= REQUIRED_ACCURACY, summary
 
 
+def test_pattern_confusion_counts_each_requested_pattern_as_read():
+    scenes = _scenes(seed=6, count=30)
+    solid = [
+        dataclasses.replace(
+            scene,
+            subjects=tuple(
+                dataclasses.replace(s, look=dataclasses.replace(s.look, pattern="solid"))
+                for s in scene.subjects
+            ),
+        )
+        for scene in scenes
+    ]
+    # Drawn solid whatever was asked: every read is "solid" (or none found).
+    drawn = [
+        ev.evaluate_scene(w.render_scene(s, SIZE)[0], asked)
+        for s, asked in zip(solid, scenes, strict=True)
+    ]
+    confusion = ev.pattern_confusion(scenes, drawn)
+    asked = {}
+    for scene in scenes:
+        for subject in scene.subjects:
+            asked[subject.look.pattern] = asked.get(subject.look.pattern, 0) + 1
+    assert {p: sum(row.values()) for p, row in confusion.items()} == asked
+    assert len(asked) > 1
+    for row in confusion.values():
+        assert row.get("solid", 0) >= 0.9 * sum(row.values()), confusion
+
+
 def _blurred(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A render as a generator might draw it: soft, slightly off in colour, a little noisy."""
     pixels = ndimage.gaussian_filter(image.astype(np.float64), (0.7, 0.7, 0))

@@ -49,7 +49,7 @@ def evaluate_toy(
     pipeline = SubjectDiffusionPipeline.from_pretrained(export)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    summaries = {}
+    summaries, confusions = {}, {}
     for count, scenes in sorted(eval_set.scenes.items()):
         sampled = sample_scenes(
             pipeline,
@@ -59,6 +59,7 @@ def evaluate_toy(
             **sampling,
         )
         summaries[count] = sampled.summary()
+        confusions[count] = sampled.pattern_confusion()
         comparison_grid(sampled, GRID_SCENES, eval_set.image_size).save(out / f"grid_{count}.png")
     content = {
         "export": str(export),
@@ -67,6 +68,7 @@ def evaluate_toy(
         "scenes_per_count": {c: len(s[:num_eval]) for c, s in eval_set.scenes.items()},
         "sampling": sampling,
         "results": summaries,
+        "pattern_confusion": confusions,  # {count: {requested: {read: subjects}}}
     }
     write_json(out / "results.json", content)
     (out / "table.md").write_text(toy_table(summaries))

@@ -13,7 +13,7 @@ from PIL import Image
 
 from sdjax.models.vae import AutoencoderKL
 from sdjax.sampling import Subject, SubjectDiffusionPipeline, image_grid
-from sdjax.toy_world.evaluate import ImageResult, evaluate_scene, summarise
+from sdjax.toy_world.evaluate import ImageResult, evaluate_scene, pattern_confusion, summarise
 from sdjax.toy_world.world import Scene, caption, render_reference, render_scene
 
 REFERENCE_SIZE = 128  # pixels of the reference images a user would draw
@@ -30,6 +30,9 @@ class SampledSet:
 
     def summary(self) -> dict[str, float]:
         return summarise(self.results)
+
+    def pattern_confusion(self) -> dict[str, dict[str, int]]:
+        return pattern_confusion(self.scenes, self.results)
 
 
 def scene_request(scene: Scene, image_size: int) -> tuple[str, list[Subject]]:

@@ -423,3 +423,17 @@ def summarise(results: Sequence[ImageResult]) -> dict[str, float]:
         "other_colour": share([s.other_colour for s in subjects]),
         "scene": share([r.scene_ok for r in results]),
     }
+
+
+def pattern_confusion(
+    scenes: Sequence[Scene], results: Sequence[ImageResult]
+) -> dict[str, dict[str, int]]:
+    """{requested pattern: {pattern read: count}} over every requested subject ("none": no look
+    was found in its box): which patterns a model draws as which."""
+    counts: dict[str, dict[str, int]] = {}
+    for scene, result in zip(scenes, results, strict=True):
+        for subject, found in zip(scene.subjects, result.subjects, strict=True):
+            row = counts.setdefault(subject.look.pattern, {})
+            read = found.detected_pattern or "none"
+            row[read] = row.get(read, 0) + 1
+    return counts
