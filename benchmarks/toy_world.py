@@ -99,7 +99,7 @@ def train_setting(name: str, args: argparse.Namespace) -> tuple[Path, float]:
 
 
 def evaluate_setting(export: Path, args: argparse.Namespace, use_references: bool = True):
-    """{subject count: SampledSet} of the held-out scenes drawn with the export."""
+    """({subject count: SampledSet} of the held-out scenes drawn with the export, the scenes)."""
     from sdjax.sampling import SubjectDiffusionPipeline
     from sdjax.toy_world.benchmark import sample_scenes
     from sdjax.toy_world.world import read_eval_file
@@ -116,9 +116,14 @@ def evaluate_setting(export: Path, args: argparse.Namespace, use_references: boo
     for count in SUBJECT_COUNTS:
         scenes = eval_set.scenes[count][: args.num_eval]
         sampled[count] = sample_scenes(
-            pipeline, scenes, eval_set.image_size, use_references=use_references, **sampling
+            pipeline,
+            scenes,
+            eval_set.image_size,
+            period=eval_set.pattern_period,
+            use_references=use_references,
+            **sampling,
         )
-    return sampled, eval_set.image_size
+    return sampled, eval_set
 
 
 def evaluate_ceiling(args: argparse.Namespace):
@@ -132,7 +137,10 @@ def evaluate_ceiling(args: argparse.Namespace):
     reconstruct = vae_round_trip(load_vae(Path(args.workdir) / "vae" / "export"))
     return {
         count: reconstructed_scenes(
-            reconstruct, eval_set.scenes[count][: args.num_eval], eval_set.image_size
+            reconstruct,
+            eval_set.scenes[count][: args.num_eval],
+            eval_set.image_size,
+            eval_set.pattern_period,
         )
         for count in SUBJECT_COUNTS
     }
@@ -187,11 +195,11 @@ def main() -> None:
         if not rows:  # the shared stages exist once the first setting has trained
             ceiling = evaluate_ceiling(args)
             rows.append((CEILING, None, {n: s.summary() for n, s in ceiling.items()}))
-        sampled, size = evaluate_setting(export, args)
+        sampled, eval_set = evaluate_setting(export, args)
         rows.append((name, seconds, {n: s.summary() for n, s in sampled.items()}))
         if args.docs:
             for count, s in sampled.items():
-                grid = comparison_grid(s, GRID_SCENES, size)
+                grid = comparison_grid(s, GRID_SCENES, eval_set.image_size, eval_set.pattern_period)
                 grid.save(IMAGES / f"toy_world_{name}_{count}.png")
         if name == "full" and not args.no_control:
             control, _ = evaluate_setting(export, args, use_references=False)

@@ -48,7 +48,9 @@ def test_drawings_hold_the_looks_their_labels_name():
     config = micro_config()
     rng = np.random.default_rng(0)
     for held_out in (False, True):
-        drawn = references.drawings(rng, 40, config.data, held_out, (24, 128), (0.0, 0.15))
+        drawn = references.drawings(
+            rng, 40, config.world, config.data, held_out, (24, 128), (0.0, 0.15)
+        )
         assert drawn.pixels.shape == (40, 32, 32, 3)
         colours = tuple(world.COLOURS)
         for image, colour in zip(drawn.pixels, drawn.labels["colour"], strict=True):
@@ -66,6 +68,30 @@ def test_cut_outs_are_every_subject_of_the_scenes_as_the_reader_cuts_them():
     found = [painted_colour(unnormalised(image, config.data)) for image in cut.pixels]
     named = [colours[k] for k in cut.labels["colour"]]
     assert np.mean([a == b for a, b in zip(found, named, strict=True)]) >= 0.95
+
+
+@pytest.mark.parametrize("source", ["drawings", "cut_outs"])
+def test_references_are_patterned_at_the_worlds_period(source):
+    """The same subjects at another world period: patterned looks change, solid ones do not."""
+    config = micro_config()
+
+    def draw(period: float) -> references.LabelledReferences:
+        config.world.pattern_period = period
+        rng = np.random.default_rng(2)
+        if source == "drawings":
+            return references.drawings(
+                rng, 40, config.world, config.data, False, (64, 64), (0.05, 0.05)
+            )
+        return references.cut_outs(rng, 20, config.world, config.data, False)
+
+    default, coarse = draw(world.DEFAULT_PERIOD), draw(2 * world.DEFAULT_PERIOD)
+    for name in default.labels:
+        np.testing.assert_array_equal(default.labels[name], coarse.labels[name])
+    changed = np.abs(default.pixels - coarse.pixels).max(axis=(1, 2, 3)) > 0.1
+    solid = default.labels["pattern"] == world.PATTERNS.index("solid")
+    assert changed[~solid].all()
+    # A drawing holds its subject alone; a cut-out may hold a patterned neighbour's edge.
+    assert not changed[solid].any() if source == "drawings" else changed[solid].mean() < 0.5
 
 
 @pytest.fixture(scope="module")

@@ -195,17 +195,19 @@ def test_masks_agree_with_the_rendered_pixels():
         np.testing.assert_array_equal(image[~covered], backdrop[~covered])
 
 
-def test_reference_image_is_the_subject_alone_on_white():
+@pytest.mark.parametrize("world_period", [w.DEFAULT_PERIOD, 10])
+def test_reference_image_is_the_subject_alone_on_white(world_period):
     look = w.Look("blue", "stripes")
-    image = w.render_reference("heart", look, 96, margin_fraction=0.1)
+    image = w.render_reference("heart", look, 96, margin_fraction=0.1, world_period=world_period)
     box = w.reference_box(96, 0.1)
     mask = w.shape_mask("heart", box, 96, 96)
     assert np.all(image[~mask] == 255)
     assert np.all(image[mask] == w.COLOURS["blue"], axis=-1).mean() > 0.3
-    assert ev.bounding_box(np.any(image != 255, axis=-1)) == box
+    solid = w.render_reference("heart", w.Look("blue", "solid"), 96, margin_fraction=0.1)
+    assert ev.bounding_box(np.any(solid != 255, axis=-1)) == box
     # The stripes repeat across the subject as often as across a typical world subject.
     side, period = box[2] - box[0], 2 * np.diff(np.flatnonzero(np.diff(image[:, 48, 0]))).max()
-    assert side / period == pytest.approx(w.TYPICAL_SUBJECT_SIDE / w.DEFAULT_PERIOD, rel=0.2)
+    assert side / period == pytest.approx(w.TYPICAL_SUBJECT_SIDE / world_period, rel=0.2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,10 +328,11 @@ def test_cli_help():
 # The evaluator
 
 
-def test_evaluator_reads_ground_truth_renders():
+@pytest.mark.parametrize("period", [w.DEFAULT_PERIOD, 8, 10])
+def test_evaluator_reads_ground_truth_renders(period):
     results = []
     for scene in _scenes(seed=4, count=3 * GROUND_TRUTH_SCENES):
-        image, _ = w.render_scene(scene, SIZE)
+        image, _ = w.render_scene(scene, SIZE, period)
         result = ev.evaluate_scene(image, scene)
         results.append(result)
         for subject, found in zip(scene.subjects, result.subjects, strict=True):

@@ -55,12 +55,14 @@ def evaluate_toy(
             pipeline,
             scenes[:num_eval],
             eval_set.image_size,
+            period=eval_set.pattern_period,
             use_references=use_references,
             **sampling,
         )
         summaries[count] = sampled.summary()
         confusions[count] = sampled.pattern_confusion()
-        comparison_grid(sampled, GRID_SCENES, eval_set.image_size).save(out / f"grid_{count}.png")
+        grid = comparison_grid(sampled, GRID_SCENES, eval_set.image_size, eval_set.pattern_period)
+        grid.save(out / f"grid_{count}.png")
     content = {
         "export": str(export),
         "world": str(world),

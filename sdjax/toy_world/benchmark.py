@@ -14,7 +14,7 @@ from PIL import Image
 from sdjax.models.vae import AutoencoderKL
 from sdjax.sampling import Subject, SubjectDiffusionPipeline, image_grid
 from sdjax.toy_world.evaluate import ImageResult, evaluate_scene, pattern_confusion, summarise
-from sdjax.toy_world.world import Scene, caption, render_reference, render_scene
+from sdjax.toy_world.world import DEFAULT_PERIOD, Scene, caption, render_reference, render_scene
 
 REFERENCE_SIZE = 128  # pixels of the reference images a user would draw
 METRICS = ("location", "identity", "class", "scene")
@@ -35,11 +35,14 @@ class SampledSet:
         return pattern_confusion(self.scenes, self.results)
 
 
-def scene_request(scene: Scene, image_size: int) -> tuple[str, list[Subject]]:
-    """The prompt and subjects (reference on white, class noun label, layout box) of a scene."""
+def scene_request(
+    scene: Scene, image_size: int, period: float = DEFAULT_PERIOD
+) -> tuple[str, list[Subject]]:
+    """The prompt and subjects (reference on white, class noun label, layout box) of a scene of a
+    world whose patterns have `period` pixels."""
     subjects = [
         Subject(
-            render_reference(s.cls, s.look, REFERENCE_SIZE),
+            render_reference(s.cls, s.look, REFERENCE_SIZE, world_period=period),
             label=s.cls,
             layout=tuple(v / image_size for v in s.box),
         )
@@ -53,12 +56,13 @@ def sample_scenes(
     scenes: Sequence[Scene],
     image_size: int,
     *,
+    period: float = DEFAULT_PERIOD,
     seed: int = 0,
     use_references: bool = True,
     **sampling,
 ) -> SampledSet:
     """Draws every scene once (batched) and scores each image against its scene."""
-    requests = [scene_request(scene, image_size) for scene in scenes]
+    requests = [scene_request(scene, image_size, period) for scene in scenes]
     images = pipeline.generate_each(
         requests,
         seed=seed,
@@ -78,12 +82,15 @@ def score_scenes(images: np.ndarray, scenes: Sequence[Scene]) -> SampledSet:
 
 
 def reconstructed_scenes(
-    reconstruct: Callable[[np.ndarray], np.ndarray], scenes: Sequence[Scene], image_size: int
+    reconstruct: Callable[[np.ndarray], np.ndarray],
+    scenes: Sequence[Scene],
+    image_size: int,
+    period: float = DEFAULT_PERIOD,
 ) -> SampledSet:
     """The ceiling of a latent model: the true scenes through `reconstruct` (uint8 images in and
     out, e.g. the VAE's encode then decode), scored as samples are. A diffusion model that drew
     each scene's latents exactly would score this."""
-    truth = np.stack([render_scene(scene, image_size)[0] for scene in scenes])
+    truth = np.stack([render_scene(scene, image_size, period)[0] for scene in scenes])
     return score_scenes(reconstruct(truth), scenes)
 
 
@@ -98,7 +105,9 @@ def vae_round_trip(vae: AutoencoderKL) -> Callable[[np.ndarray], np.ndarray]:
     return reconstruct
 
 
-def comparison_grid(sampled: SampledSet, count: int, image_size: int) -> Image.Image:
+def comparison_grid(
+    sampled: SampledSet, count: int, image_size: int, period: float = DEFAULT_PERIOD
+) -> Image.Image:
     """Rows of [references..., generated image] for the first `count` scenes (references shrunk
     to the image size), so identity and place can be judged by eye."""
     tiles = []
@@ -106,7 +115,8 @@ def comparison_grid(sampled: SampledSet, count: int, image_size: int) -> Image.I
     blank = Image.new("RGB", (image_size, image_size), "white")
     for scene, image in zip(sampled.scenes[:count], sampled.images[:count], strict=False):
         references = [
-            Image.fromarray(render_reference(s.cls, s.look, image_size)) for s in scene.subjects
+            Image.fromarray(render_reference(s.cls, s.look, image_size, world_period=period))
+            for s in scene.subjects
         ]
         references += [blank] * (slots - len(references))
         tiles += [*references, Image.fromarray(image)]

@@ -55,13 +55,13 @@ def label_indices(subjects: list[world.Subject]) -> dict[str, np.ndarray]:
 
 
 def _augmented_cut_outs(
-    scenes: list[world.Scene], size: int, data: ConfigDict, seed: int
+    scenes: list[world.Scene], size: int, period: float, data: ConfigDict, seed: int
 ) -> np.ndarray:
     """(N, s, s, 3): every subject of `scenes` as the reader makes its reference."""
     slots = max(len(s.subjects) for s in scenes)
     images, masks, boxes, valid = [], [], [], []
     for scene in scenes:
-        image, visible = world.render_scene(scene, size)
+        image, visible = world.render_scene(scene, size, period)
         empty = slots - len(visible)
         images.append(image.astype(np.float32) / 127.5 - 1.0)
         masks.append(np.stack(visible + [np.zeros((size, size), bool)] * empty))
@@ -91,7 +91,9 @@ def cut_outs(
             world.configured_scene(rng, world_cfg, held_out)
             for _ in range(min(SCENE_BATCH, count - start))
         ]
-        pixels = _augmented_cut_outs(scenes, world_cfg.image_size, data, int(rng.integers(2**31)))
+        pixels = _augmented_cut_outs(
+            scenes, world_cfg.image_size, world_cfg.pattern_period, data, int(rng.integers(2**31))
+        )
         subjects = [s for scene in scenes for s in scene.subjects]
         parts.append(LabelledReferences(pixels, label_indices(subjects)))
     return LabelledReferences.concatenate(parts)
@@ -100,12 +102,14 @@ def cut_outs(
 def drawings(
     rng: np.random.Generator,
     count: int,
+    world_cfg: ConfigDict,
     data: ConfigDict,
     held_out: bool,
     sizes: tuple[int, int],
     margins: tuple[float, float],
 ) -> LabelledReferences:
-    """`count` subjects drawn alone on white (side in `sizes`, margin fraction in `margins`)."""
+    """`count` subjects drawn alone on white (side in `sizes`, margin fraction in `margins`), their
+    patterns at the world's period scaled to their side."""
     looks_of = world.held_out_looks if held_out else world.training_looks
     pixels, subjects = [], []
     for _ in range(count):
@@ -113,7 +117,8 @@ def drawings(
         looks = looks_of(cls)
         look = looks[int(rng.integers(len(looks)))]
         side = int(rng.integers(sizes[0], sizes[1] + 1))
-        drawn = world.render_reference(cls, look, side, float(rng.uniform(*margins)))
+        margin = float(rng.uniform(*margins))
+        drawn = world.render_reference(cls, look, side, margin, world_cfg.pattern_period)
         pixels.append(
             reference_image(
                 drawn, None, None, data.subject_size, data.augment.clip_mean, data.augment.clip_std
@@ -150,6 +155,7 @@ class WorldReferences:
                 drawings(
                     rng,
                     self.cfg.pool_drawings,
+                    self.world,
                     self.data,
                     False,
                     self.cfg.drawing_sizes,
@@ -164,6 +170,12 @@ class WorldReferences:
         return {
             "cut_outs": cut_outs(rng, self.cfg.eval_scenes, self.world, self.data, held_out=True),
             "drawings": drawings(
-                rng, self.cfg.eval_drawings, self.data, True, (size, size), (margin, margin)
+                rng,
+                self.cfg.eval_drawings,
+                self.world,
+                self.data,
+                True,
+                (size, size),
+                (margin, margin),
             ),
         }

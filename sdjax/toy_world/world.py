@@ -392,16 +392,17 @@ def render_reference(
     look: Look,
     size: int,
     margin_fraction: float = DEFAULT_REFERENCE_MARGIN,
-    period: float | None = None,
+    world_period: float = DEFAULT_PERIOD,
 ) -> np.ndarray:
     """(size, size, 3) uint8: the subject alone on a white canvas, `margin_fraction` from each side.
 
-    `period` (pixels) defaults to DEFAULT_PERIOD scaled from a typical world subject's side to this
-    subject's side, so the pattern repeats across it as often as in a world image.
+    The pattern's period is the world's (`world_period`, pixels) scaled from a typical world
+    subject's side to this subject's side, so it repeats across the subject as often as in a
+    world image.
     """
     box = reference_box(size, margin_fraction)
     side = box[2] - box[0]
-    period = DEFAULT_PERIOD * side / TYPICAL_SUBJECT_SIDE if period is None else period
+    period = world_period * side / TYPICAL_SUBJECT_SIDE
     image = np.full((size, size, 3), WHITE, np.uint8)
     paint(image, shape_mask(subject_class, box, size, size), look, box, period)
     return image
