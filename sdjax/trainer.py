@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -20,9 +20,9 @@ from flax import nnx
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from sdjax import compilation, schedulers, sharding
-from sdjax.input_pipeline import pipeline
-from sdjax.input_pipeline.iterator_state import IncompatibleInputState, PipelineIterator
+from sdjax import compilation, input_pipeline, schedulers, sharding
+from sdjax.input_pipeline import contract
+from sdjax.input_pipeline.iterator_state import IncompatibleInputState
 from sdjax.models.image_encoder import CLIPVisionConfig, CLIPVisionModelWithProjection
 from sdjax.models.init import Shardings, init_module
 from sdjax.models.subject_diffusion import build_subject_diffusion
@@ -30,7 +30,6 @@ from sdjax.models.tracing import fast_tracing
 from sdjax.models.vae import AutoencoderKL, VAEConfig
 from sdjax.training import saved_step, trainable
 from sdjax.training.checkpoint import Checkpointer
-from sdjax.training.metrics import MetricsWriter
 from sdjax.training.optimizer import learning_rate_schedule, make_optimizer
 from sdjax.training.preemption import Preemption, StopVote
 from sdjax.training.samples import TrainingSamples
@@ -39,6 +38,10 @@ from sdjax.training.workdir_lock import workdir_lock
 from sdjax.weights.clip import load_image_encoder
 from sdjax.weights.subject_diffusion import load_parts
 from sdjax.weights.vae import load_vae
+
+if TYPE_CHECKING:
+    from sdjax.input_pipeline.iterator import PipelineIterator
+    from sdjax.training.metrics import MetricsWriter
 
 logger = logging.getLogger(__name__)
 
@@ -251,10 +254,8 @@ def abstract_batch(data: ConfigDict, mesh: jax.sharding.Mesh) -> dict[str, jax.S
     """The global batch of the data config `data`, as shape structs split over the batch axes."""
     placed = sharding.batch_sharding(mesh)
     return {
-        name: jax.ShapeDtypeStruct(
-            (data.batch_size, *spec.shape), spec.dtype.as_numpy_dtype, sharding=placed
-        )
-        for name, spec in pipeline.output_signature(data).items()
+        name: jax.ShapeDtypeStruct((data.batch_size, *spec.shape), spec.dtype, sharding=placed)
+        for name, spec in contract.example_shapes(data).items()
     }
 
 
@@ -335,6 +336,23 @@ def _with_shardings(abstract, shardings):
     )
 
 
+def read_batches(data: ConfigDict) -> PipelineIterator:
+    """This host's batches of the data config `data`, from the tf.data reader. TensorFlow loads
+    at the first call (`sdjax.input_pipeline` imports its modules on use), not with this module:
+    on the main thread, while the step compiles on the worker's."""
+    return input_pipeline.make_iterator(data)
+
+
+def open_metrics(workdir: Path, start: int) -> MetricsWriter:
+    """The run's metrics writer (process 0 writes), without the records past step `start` that a
+    resumed run writes again. Its module imports TensorFlow, hence here, as `read_batches`."""
+    from sdjax.training.metrics import MetricsWriter  # noqa: PLC0415
+
+    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+    writer.truncate_after(start)
+    return writer
+
+
 def checkpointer(config: ConfigDict, workdir: Path) -> Checkpointer:
     tc = config.train
     return Checkpointer(
@@ -351,7 +369,7 @@ def restore(
     state: TrainState,
     batches: PipelineIterator,
     config: ConfigDict,
-    make_batches: Callable[[ConfigDict], PipelineIterator] = pipeline.make_iterator,
+    make_batches: Callable[[ConfigDict], PipelineIterator] = read_batches,
 ) -> tuple[TrainState, PipelineIterator]:
     """The train state and input position of checkpoint `step`. An input position written by a
     reader of another layout (an older sdjax) cannot continue: the model and optimizer resume,
@@ -387,7 +405,7 @@ class StartupLog:
 def train(
     config: ConfigDict,
     workdir: str | Path,
-    make_batches: Callable[[ConfigDict], PipelineIterator] = pipeline.make_iterator,
+    make_batches: Callable[[ConfigDict], PipelineIterator] = read_batches,
 ) -> TrainResult:
     """Trains (or resumes) the run in `workdir` up to `config.train.num_steps`; process 0 holds
     the work directory's lock (`workdir_lock`) while it does."""
@@ -425,7 +443,8 @@ def _train(
         elif compiling and tc.overlap_compile:
             ahead = worker.submit(compiled_abstract_step, config, mesh)
 
-        # Input: this host's files, per-host batch, checkpointable position.
+        # Input: this host's files, per-host batch, checkpointable position (TensorFlow loads
+        # here, while the worker compiles or loads the step).
         batches = make_batches(config.data)
         status("data", f"input pipeline ready, batch {config.data.batch_size}")
 
@@ -453,8 +472,7 @@ def _train(
     if start:
         state, batches = restore(checkpoints, start, state, batches, config, make_batches)
         status("restore", f"resumed from step {start}")
-    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
-    writer.truncate_after(start)
+    writer = open_metrics(workdir, start)
 
     samples = TrainingSamples(config, workdir) if tc.sample_every and tc.sample_prompt else None
 
