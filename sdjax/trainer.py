@@ -365,7 +365,8 @@ def read_batches(data: ConfigDict) -> PipelineIterator:
 
 def open_metrics(workdir: Path, start: int) -> MetricsWriter:
     """The run's metrics writer (process 0 writes), without the records past step `start` that a
-    resumed run writes again. Its module imports TensorFlow, hence here, as `read_batches`."""
+    resumed run writes again. Its module imports TensorFlow, so it is imported here, not with
+    this module (as `read_batches`)."""
     from sdjax.training.metrics import MetricsWriter  # noqa: PLC0415
 
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
