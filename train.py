@@ -19,14 +19,21 @@ SIGTERM or Ctrl-C with a checkpoint saved, so a scheduler can requeue the same c
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
 from sdjax import cli
 
+if TYPE_CHECKING:
+    from sdjax.input_pipeline.iterator import PipelineIterator
+
 REPO = Path(__file__).resolve().parent
+# The shards `build_sample_records` writes in its folder (tests/test_train_cli.py reads them).
+SAMPLE_RECORDS = "sdd/1.0.0/sdd-train.tfrecord-*"
 
 config_flags.DEFINE_config_file(
     "config",
@@ -59,13 +66,29 @@ def prepare_toy_world(config: ConfigDict, workdir: Path) -> None:
     config.model.image_encoder_path = str(encoder.export_dir)
 
 
+def sample_batches(config: ConfigDict, folder: Path) -> Callable[[ConfigDict], PipelineIterator]:
+    """Points `config.data` at the bundled sample set's records in `folder`, and returns the
+    trainer's reader that first builds them there (or finds them built). Building imports
+    TensorFlow: in the trainer's input start, it loads while the step compiles."""
+    from sdjax import trainer
+
+    config.data.file_pattern = str(folder / SAMPLE_RECORDS)
+
+    def make_batches(data: ConfigDict) -> PipelineIterator:
+        from data.build_sample import build_sample_records
+
+        build_sample_records(folder)
+        return trainer.read_batches(data)
+
+    return make_batches
+
+
 @cli.one_line_errors
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # Imported here, not at the top, so that --help answers without loading JAX and TensorFlow.
     cli.quiet_tensorflow()
-    from data.build_sample import build_sample_records
     from sdjax import export, trainer
     from sdjax.compilation import add_xla_flags, enable_compilation_cache
     from sdjax.training.workdir_lock import workdir_lock
@@ -78,12 +101,12 @@ def main(argv: list[str]) -> None:
     # Every host of a multi-host run runs this; there process 0 locks, in `trainer.train`.
     single_host = not trainer.distributed_requested(config)
     with workdir_lock(workdir) if single_host else contextlib.nullcontext():
+        make_batches = trainer.read_batches
         if "world" in config:
             prepare_toy_world(config, workdir)
         elif not config.data.file_pattern:
-            files = build_sample_records(workdir / "data")
-            config.data.file_pattern = ",".join(files)
-        result = trainer.train(config, workdir)
+            make_batches = sample_batches(config, workdir / "data")
+        result = trainer.train(config, workdir, make_batches)
         if result.preempted:
             print(
                 f"stopped at step {result.step} with a checkpoint; run the same command to resume"

@@ -33,8 +33,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from common import machine_description, seconds  # noqa: E402
 
 from sdjax import compilation, trainer  # noqa: E402
-from sdjax.models.subject_diffusion import build_subject_diffusion, part_configs  # noqa: E402
-from sdjax.models.tracing import fast_tracing  # noqa: E402
+from sdjax.models.subject_diffusion import part_configs  # noqa: E402
 from sdjax.training.optimizer import make_optimizer  # noqa: E402
 
 
@@ -108,10 +107,7 @@ def main() -> None:
     mesh = trainer.make_run_mesh(config)
     rows = []
 
-    with fast_tracing():  # as training builds it
-        abstract_s, model = seconds(
-            lambda: nnx.eval_shape(lambda: build_subject_diffusion(config.model, nnx.Rngs(0)))
-        )
+    abstract_s, model = seconds(lambda: trainer.abstract_model(config))  # as training builds it
     rows.append(("abstract model", abstract_s, None))
     graphdef, params, frozen = trainer.split_trainable(model, config)
     batch = trainer.abstract_batch(config.data, mesh)

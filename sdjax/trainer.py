@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -20,9 +20,9 @@ from flax import nnx
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from sdjax import compilation, schedulers, sharding
-from sdjax.input_pipeline import pipeline
-from sdjax.input_pipeline.iterator_state import IncompatibleInputState, PipelineIterator
+from sdjax import compilation, input_pipeline, schedulers, sharding
+from sdjax.input_pipeline import contract
+from sdjax.input_pipeline.iterator_state import IncompatibleInputState
 from sdjax.models.image_encoder import CLIPVisionConfig, CLIPVisionModelWithProjection
 from sdjax.models.init import Shardings, init_module
 from sdjax.models.subject_diffusion import build_subject_diffusion
@@ -30,7 +30,6 @@ from sdjax.models.tracing import fast_tracing
 from sdjax.models.vae import AutoencoderKL, VAEConfig
 from sdjax.training import saved_step, trainable
 from sdjax.training.checkpoint import Checkpointer
-from sdjax.training.metrics import MetricsWriter
 from sdjax.training.optimizer import learning_rate_schedule, make_optimizer
 from sdjax.training.preemption import Preemption, StopVote
 from sdjax.training.samples import TrainingSamples
@@ -39,6 +38,10 @@ from sdjax.training.workdir_lock import workdir_lock
 from sdjax.weights.clip import load_image_encoder
 from sdjax.weights.subject_diffusion import load_parts
 from sdjax.weights.vae import load_vae
+
+if TYPE_CHECKING:
+    from sdjax.input_pipeline.iterator import PipelineIterator
+    from sdjax.training.metrics import MetricsWriter
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +75,20 @@ def maybe_initialize_distributed(config: ConfigDict) -> None:
         jax.distributed.initialize()
 
 
-def init_model(config: ConfigDict, mesh: jax.sharding.Mesh, *, draw_trainable: bool = True):
+def abstract_model(config: ConfigDict) -> nnx.Module:
+    """The model of `config.model` with shape structs for values (`nnx.eval_shape`): what both
+    the step's compilation and `init_model` start from, built once for both."""
+    with fast_tracing():
+        return nnx.eval_shape(lambda: build_subject_diffusion(config.model, nnx.Rngs(config.seed)))
+
+
+def init_model(
+    config: ConfigDict,
+    mesh: jax.sharding.Mesh,
+    *,
+    draw_trainable: bool = True,
+    abstract: nnx.Module | None = None,
+):
     """The model with sharded parameters: loaded from `config.model.pretrained` (and the image
     encoder folder), or randomly initialised (drawn on the host), but for the VAE of
     `config.model.vae_path` and the image encoder of `config.model.image_encoder_path` when they
@@ -81,6 +97,7 @@ def init_model(config: ConfigDict, mesh: jax.sharding.Mesh, *, draw_trainable: b
 
     `draw_trainable=False` (a random initialisation only): the trainable parameters stay
     `jax.ShapeDtypeStruct`s, for a run that restores them from a checkpoint.
+    `abstract`: `abstract_model(config)`, when the caller has it (left unchanged).
     """
     shardings = mesh_shardings(mesh)
     if config.model.pretrained:
@@ -101,6 +118,7 @@ def init_model(config: ConfigDict, mesh: jax.sharding.Mesh, *, draw_trainable: b
         config.seed,
         shardings=shardings,
         draw=draw,
+        abstract=abstract,
     )
     if config.model.get("vae_path"):
         model.vae = load_fitted_vae(config.model.vae_path, model.vae.config, mesh)
@@ -186,6 +204,7 @@ def build_run(
     *,
     frozen_as_computed: bool = True,
     restoring: bool = False,
+    abstract: nnx.Module | None = None,
 ) -> Run:
     """Model and train state on `mesh` (frozen weights stay outside the optimizer and the
     checkpoints) and the step, jitted once with explicit shardings and a donated state.
@@ -195,10 +214,13 @@ def build_run(
     (`trainable.frozen_in_compute_dtype`); False keeps them as loaded (exports).
     `restoring`: the train state is to come from a checkpoint: it is left abstract (shape,
     dtype and sharding), and a random initialisation draws only the frozen parameters.
+    `abstract`: `abstract_model(config)`, when the caller has it (for `init_model`).
     """
     # Inline: a model initialised here is not held, its arrays live on in `params` and `frozen`.
     graphdef, params, frozen = split_trainable(
-        model if model is not None else init_model(config, mesh, draw_trainable=not restoring),
+        model
+        if model is not None
+        else init_model(config, mesh, draw_trainable=not restoring, abstract=abstract),
         config,
     )
     if frozen_as_computed:  # the originals are freed once cast
@@ -222,12 +244,13 @@ def _abstract_state(params, optimizer, config: ConfigDict, mesh: jax.sharding.Me
     return _with_shardings(state, _state_shardings(state, mesh))
 
 
-def abstract_run(config: ConfigDict, mesh: jax.sharding.Mesh) -> Run:
+def abstract_run(
+    config: ConfigDict, mesh: jax.sharding.Mesh, model: nnx.Module | None = None
+) -> Run:
     """`build_run` without arrays: the state and frozen weights are `jax.ShapeDtypeStruct`s that
-    carry their shardings, so the step lowers and compiles for devices this host does not have."""
-    build = lambda: build_subject_diffusion(config.model, nnx.Rngs(config.seed))  # noqa: E731
-    with fast_tracing():
-        model = nnx.eval_shape(build)
+    carry their shardings, so the step lowers and compiles for devices this host does not have.
+    `model`: `abstract_model(config)`, when the caller has it (read only)."""
+    model = abstract_model(config) if model is None else model
     graphdef, params, frozen = split_trainable(model, config)
     optimizer = make_optimizer(config.optimizer)
     state = _abstract_state(params, optimizer, config, mesh)
@@ -251,10 +274,8 @@ def abstract_batch(data: ConfigDict, mesh: jax.sharding.Mesh) -> dict[str, jax.S
     """The global batch of the data config `data`, as shape structs split over the batch axes."""
     placed = sharding.batch_sharding(mesh)
     return {
-        name: jax.ShapeDtypeStruct(
-            (data.batch_size, *spec.shape), spec.dtype.as_numpy_dtype, sharding=placed
-        )
-        for name, spec in pipeline.output_signature(data).items()
+        name: jax.ShapeDtypeStruct((data.batch_size, *spec.shape), spec.dtype, sharding=placed)
+        for name, spec in contract.example_shapes(data).items()
     }
 
 
@@ -267,12 +288,12 @@ def compile_step(run: Run, config: ConfigDict, mesh: jax.sharding.Mesh) -> jax.s
 
 
 def compiled_abstract_step(
-    config: ConfigDict, mesh: jax.sharding.Mesh
+    config: ConfigDict, mesh: jax.sharding.Mesh, model: nnx.Module | None = None
 ) -> tuple[Run, jax.stages.Compiled | None]:
-    """`abstract_run` with its step compiled, and the program when it may be kept
-    (`saved_step.compile_keepable`): needs no parameters, so it can run beside their loading
-    (XLA releases the GIL while it compiles)."""
-    run = abstract_run(config, mesh)
+    """`abstract_run` (of `model`, as there) with its step compiled, and the program when it may
+    be kept (`saved_step.compile_keepable`): needs no parameters, so it can run beside their
+    loading (XLA releases the GIL while it compiles)."""
+    run = abstract_run(config, mesh, model)
     return run, saved_step.compile_keepable(lambda: compile_step(run, config, mesh))
 
 
@@ -335,6 +356,24 @@ def _with_shardings(abstract, shardings):
     )
 
 
+def read_batches(data: ConfigDict) -> PipelineIterator:
+    """This host's batches of the data config `data`, from the tf.data reader. TensorFlow loads
+    at the first call (`sdjax.input_pipeline` imports its modules on use), not with this module:
+    on the main thread, while the step compiles on the worker's."""
+    return input_pipeline.make_iterator(data)
+
+
+def open_metrics(workdir: Path, start: int) -> MetricsWriter:
+    """The run's metrics writer (process 0 writes), without the records past step `start` that a
+    resumed run writes again. Its module imports TensorFlow, so it is imported here, not with
+    this module (as `read_batches`)."""
+    from sdjax.training.metrics import MetricsWriter  # noqa: PLC0415
+
+    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+    writer.truncate_after(start)
+    return writer
+
+
 def checkpointer(config: ConfigDict, workdir: Path) -> Checkpointer:
     tc = config.train
     return Checkpointer(
@@ -351,7 +390,7 @@ def restore(
     state: TrainState,
     batches: PipelineIterator,
     config: ConfigDict,
-    make_batches: Callable[[ConfigDict], PipelineIterator] = pipeline.make_iterator,
+    make_batches: Callable[[ConfigDict], PipelineIterator] = read_batches,
 ) -> tuple[TrainState, PipelineIterator]:
     """The train state and input position of checkpoint `step`. An input position written by a
     reader of another layout (an older sdjax) cannot continue: the model and optimizer resume,
@@ -387,7 +426,7 @@ class StartupLog:
 def train(
     config: ConfigDict,
     workdir: str | Path,
-    make_batches: Callable[[ConfigDict], PipelineIterator] = pipeline.make_iterator,
+    make_batches: Callable[[ConfigDict], PipelineIterator] = read_batches,
 ) -> TrainResult:
     """Trains (or resumes) the run in `workdir` up to `config.train.num_steps`; process 0 holds
     the work directory's lock (`workdir_lock`) while it does."""
@@ -419,17 +458,21 @@ def _train(
     key = saved_step.fingerprint(config, mesh) if keep else ""
     loading = keep and saved_step.path_of(saved_dir, key).is_file()
     with concurrent.futures.ThreadPoolExecutor(1, "compile") as worker:
-        ahead = None
+        ahead = abstract = None
         if loading:
             ahead = worker.submit(saved_step.load, saved_dir, key, mesh)
-        elif compiling and tc.overlap_compile:
-            ahead = worker.submit(compiled_abstract_step, config, mesh)
+        elif compiling and tc.overlap_compile:  # the abstract model first: `build_run` takes it
+            abstract = worker.submit(abstract_model, config)
+            ahead = worker.submit(lambda: compiled_abstract_step(config, mesh, abstract.result()))
 
-        # Input: this host's files, per-host batch, checkpointable position.
+        # Input: this host's files, per-host batch, checkpointable position (TensorFlow loads
+        # here, while the worker compiles or loads the step).
         batches = make_batches(config.data)
         status("data", f"input pipeline ready, batch {config.data.batch_size}")
 
-        run = build_run(config, mesh, restoring=start > 0)
+        run = build_run(
+            config, mesh, restoring=start > 0, abstract=abstract.result() if abstract else None
+        )
         counts = trainable.parameter_counts(run.state.params, run.frozen)
         total = sum(trained + fixed for trained, fixed in counts.values())
         status(
@@ -453,8 +496,7 @@ def _train(
     if start:
         state, batches = restore(checkpoints, start, state, batches, config, make_batches)
         status("restore", f"resumed from step {start}")
-    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
-    writer.truncate_after(start)
+    writer = open_metrics(workdir, start)
 
     samples = TrainingSamples(config, workdir) if tc.sample_every and tc.sample_prompt else None
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from ml_collections import ConfigDict
 
 from sdjax.input_pipeline import pipeline
-from sdjax.input_pipeline.iterator_state import PipelineIterator
+from sdjax.input_pipeline.iterator import PipelineIterator
 
 
 class SignallingBatches:

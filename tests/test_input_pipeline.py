@@ -17,7 +17,8 @@ from sdjax import tokenizer as tok
 from sdjax import trainer
 from sdjax.images import EXIF_ORIENTATION
 from sdjax.input_pipeline import augment, backgrounds, exif, filters, pipeline, schema, tokens
-from sdjax.input_pipeline.iterator_state import IteratorRestore, IteratorSave, PipelineIterator
+from sdjax.input_pipeline.iterator import PipelineIterator
+from sdjax.input_pipeline.iterator_state import IteratorRestore, IteratorSave
 from sdjax.input_pipeline.reasons import DataError, Reason
 from sdjax.input_pipeline.skip_warnings import SkipWarnings
 from sdjax.training.checkpoint import Checkpointer

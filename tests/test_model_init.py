@@ -86,6 +86,16 @@ def test_only_the_selected_variables_are_drawn_with_the_same_values(small):
     assert isinstance(some.norm.scale.get_value(), jax.ShapeDtypeStruct)
 
 
+def test_a_given_abstract_model_gives_the_same_values_and_stays_abstract(small):
+    """`abstract`: the model built once by the caller (another thread may read it meanwhile)."""
+    abstract = nnx.eval_shape(lambda: Small(nnx.Rngs(3)))
+    drawn = init.init_module(Small, seed=3, abstract=abstract)
+    np.testing.assert_array_equal(drawn.dense.kernel[...], small.dense.kernel[...])
+    np.testing.assert_array_equal(drawn.extra[...], small.extra[...])
+    leaves = jax.tree.leaves(nnx.state(abstract))
+    assert leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
+
+
 def test_every_variable_of_subject_diffusion_is_drawn_on_the_host():
     """No variable of the model needs its own jitted initialisation (a trace of the whole model
     and an XLA compile at every start)."""

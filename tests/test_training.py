@@ -1,6 +1,9 @@
 """Training: sharded steps equal the single-device step, resume after SIGTERM, non-finite losses."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +18,7 @@ from sdjax.training import trainable
 from tests.interrupt import sigterm_at_step
 from tests.training_config import micro_config
 
+REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5  # float32, max abs difference of loss and updated parameters
 
 
@@ -220,3 +224,14 @@ def test_the_step_compiled_ahead_fits_the_built_state(config, model):
     differences = trainer.signature_differences(expected, (built.state, cast))
     assert len(differences) == len(jax.tree.leaves(built.frozen))
     assert "bfloat16" in differences[0]
+
+
+def test_the_trainer_module_imports_neither_tensorflow_nor_transformers():
+    """TensorFlow loads where the input starts (`trainer.read_batches`: on the main thread, while
+    the step compiles on the worker), transformers where a tokenizer is made."""
+    heavy = "sorted({'tensorflow', 'transformers'} & set(sys.modules))"
+    code = f"import sys\nimport sdjax.trainer\nprint({heavy})"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout

@@ -11,7 +11,7 @@ _EXPORTS = {
     "IteratorHandler": "iterator_state",
     "IteratorRestore": "iterator_state",
     "IteratorSave": "iterator_state",
-    "PipelineIterator": "iterator_state",
+    "PipelineIterator": "iterator",
     "build_dataset": "pipeline",
     "default_config": "config",
     "make_iterator": "pipeline",

@@ -36,12 +36,13 @@ import ml_collections
 import tensorflow as tf
 
 from sdjax import geometry
-from sdjax.input_pipeline import augment, backgrounds, decode, filters, tokens
+from sdjax.input_pipeline import augment, backgrounds, contract, decode, filters, tokens
 from sdjax.input_pipeline.config import default_config  # noqa: F401 (re-exported)
-from sdjax.input_pipeline.iterator_state import PipelineIterator
+from sdjax.input_pipeline.contract import latent_moments_shape
+from sdjax.input_pipeline.iterator import PipelineIterator
 from sdjax.input_pipeline.reasons import BAD_INPUT, NUM_REASONS, Reason
 from sdjax.input_pipeline.skip_warnings import SkipWarnings
-from sdjax.tokenizer import ENTITY_TOKENS, MAX_LENGTH, PLACEHOLDER_ID
+from sdjax.tokenizer import ENTITY_TOKENS, PLACEHOLDER_ID
 
 # TFRecord framing around each record's bytes: length (8), length CRC (4), data CRC (4).
 TFRECORD_OVERHEAD = 16
@@ -58,33 +59,8 @@ BOX_FILLS = ("own_mask", "label_map")
 
 
 def output_signature(cfg: ml_collections.ConfigDict) -> dict[str, tf.TensorSpec]:
-    """Shapes and dtypes of one training example out of the reader (the data contract)."""
-    r, s, size = cfg.resolution, cfg.max_subjects, cfg.subject_size
-    latent = r // cfg.latent_downsample
-    spec = {
-        "image": tf.TensorSpec([r, r, 3], tf.float32),
-        "location_mask": tf.TensorSpec([latent, latent, 1], tf.float32),
-        "subject_pixels": tf.TensorSpec([s, size, size, 3], tf.float32),
-        "subject_boxes": tf.TensorSpec([s, 4], tf.float32),
-        "subject_valid": tf.TensorSpec([s], tf.bool),
-        "input_ids": tf.TensorSpec([MAX_LENGTH], tf.int32),
-        "placeholder_positions": tf.TensorSpec([s], tf.int32),
-        "entity_positions": tf.TensorSpec([s], tf.int32),
-        "drop_text": tf.TensorSpec([], tf.bool),
-        "drop_mask": tf.TensorSpec([], tf.bool),
-        "drop_subjects": tf.TensorSpec([], tf.bool),
-    }
-    for m in cfg.attention_map_sizes:
-        spec[f"subject_masks_{m}"] = tf.TensorSpec([s, m, m], tf.float32)
-    if cfg.cached_latents:
-        spec["latent_moments"] = tf.TensorSpec(latent_moments_shape(cfg), tf.float32)
-    return spec
-
-
-def latent_moments_shape(cfg: ml_collections.ConfigDict) -> tuple[int, int, int]:
-    """(R/f, R/f, 2C): the VAE posterior's mean and log-variance channels at the crop size."""
-    latent = cfg.resolution // cfg.latent_downsample
-    return (latent, latent, 2 * cfg.latent_channels)
+    """Shapes and dtypes of one training example out of the reader (`contract.example_shapes`)."""
+    return {k: tf.TensorSpec(v.shape, v.dtype) for k, v in contract.example_shapes(cfg).items()}
 
 
 def _check_choices(cfg: ml_collections.ConfigDict) -> None:

@@ -229,6 +229,7 @@ def init_module(
     seed: int = 0,
     shardings: Shardings | None = None,
     draw: Callable[[NnxPath, nnx.Variable], bool] | None = None,
+    abstract: nnx.Module | None = None,
 ) -> nnx.Module:
     """`build(nnx.Rngs(seed))` with every `InitSpec` parameter drawn on the host (see module doc).
 
@@ -236,9 +237,12 @@ def init_module(
     draws the full value and keeps its own shards.
     draw: which variables to draw (default: all); the others stay `jax.ShapeDtypeStruct`s, for
     parts loaded or restored afterwards. A drawn value does not depend on which others are drawn.
+    abstract: `build`'s model as `nnx.eval_shape` makes it, when the caller has it already; it is
+    left as it is (another thread may read it meanwhile).
     """
-    with fast_tracing():
-        abstract = nnx.eval_shape(lambda: build(nnx.Rngs(seed)))
+    if abstract is None:
+        with fast_tracing():
+            abstract = nnx.eval_shape(lambda: build(nnx.Rngs(seed)))
     graphdef, state = nnx.split(abstract)
     flat = dict(nnx.to_flat_state(state))
     placement = flat_placement(state, shardings)
@@ -248,7 +252,7 @@ def init_module(
 
     paths = [path for path, var in flat.items() if draw is None or draw(path, var)]
     for path, value in host_values(build, flat, paths, seed, transform=place).items():
-        flat[path].set_value(value)
+        flat[path] = flat[path].replace(value)  # a new variable: `abstract` keeps its own
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 

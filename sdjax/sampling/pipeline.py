@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,6 @@ from flax import nnx
 from ml_collections import ConfigDict
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import CLIPTokenizer
 
 from sdjax.models.subject_diffusion import SubjectDiffusion
 from sdjax.sampling.base_model import (
@@ -61,6 +60,9 @@ from sdjax.schedulers import (
 from sdjax.sharding import batch_sharding, make_mesh, replicated
 from sdjax.tokenizer import load_tokenizer
 from sdjax.weights.subject_diffusion import load_subject_diffusion
+
+if TYPE_CHECKING:  # transformers loads where a tokenizer is made (`load_tokenizer`)
+    from transformers import CLIPTokenizer
 
 MESH_AXIS = "data"
 DEFAULT_PER_DEVICE_BATCH = 4

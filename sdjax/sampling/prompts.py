@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-
-from transformers import CLIPTokenizer
+from typing import TYPE_CHECKING
 
 from sdjax.sampling.errors import SamplingInputError
 from sdjax.tokenizer import TemplatePrompt, assemble_template, caption_ids, clause_ids
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
 
 
 def prompt_ids(

@@ -7,11 +7,15 @@ Frozen pretrained weights are not copied into checkpoints: they are rebuilt from
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import orbax.checkpoint as ocp
 
-from sdjax.input_pipeline.iterator_state import IteratorRestore, IteratorSave, PipelineIterator
+from sdjax.input_pipeline.iterator_state import IteratorRestore, IteratorSave
+
+if TYPE_CHECKING:
+    from sdjax.input_pipeline.iterator import PipelineIterator
 
 
 class Checkpointer:
