@@ -12,7 +12,23 @@ from sdjax.input_pipeline.reasons import NUM_REASONS, DataError, Reason, describ
 _FILE, _RECORD, _REASON, _COUNTS = "_file", "_record", "_reason", "_counts"
 
 
-class PipelineIterator:
+class CheckpointableIterator:
+    """A tf.data iterator (`tf_iterator`) whose position `iterator_state` saves and restores."""
+
+    tf_iterator: tf.data.Iterator
+
+    def write_state(self, prefix: str) -> None:
+        """Writes the tf.data iterator's state (`tf.train.Checkpoint`) as the files `prefix.*`."""
+        tf.train.Checkpoint(iterator=self.tf_iterator).write(prefix)
+
+    def read_state(self, prefix: str) -> None:
+        """Continues from the state that `write_state` wrote as `prefix.*`."""
+        if not tf.io.gfile.exists(prefix + ".index"):
+            raise FileNotFoundError(f"no input pipeline state for this process at {prefix}")
+        tf.train.Checkpoint(iterator=self.tf_iterator).read(prefix).assert_consumed()
+
+
+class PipelineIterator(CheckpointableIterator):
     """Yields dict batches of numpy arrays; `tf_iterator` is the state to checkpoint.
 
     `stats` counts the records skipped, by reason, up to the last example delivered (so skips after
@@ -59,13 +75,3 @@ class PipelineIterator:
     def stats(self) -> dict[str, int]:
         """`{reason: records skipped}` since the start of the stream (nonzero reasons only)."""
         return describe_counts(self._counts)
-
-    def write_state(self, prefix: str) -> None:
-        """Writes the tf.data iterator's state (`tf.train.Checkpoint`) as the files `prefix.*`."""
-        tf.train.Checkpoint(iterator=self.tf_iterator).write(prefix)
-
-    def read_state(self, prefix: str) -> None:
-        """Continues from the state that `write_state` wrote as `prefix.*`."""
-        if not tf.io.gfile.exists(prefix + ".index"):
-            raise FileNotFoundError(f"no input pipeline state for this process at {prefix}")
-        tf.train.Checkpoint(iterator=self.tf_iterator).read(prefix).assert_consumed()

@@ -1,7 +1,7 @@
 """The input pipeline's position as an item of an orbax checkpoint.
 
 The tf.data iterator's state (file positions, shuffle buffer, running skip counts, prefetched
-batches) is written with `tf.train.Checkpoint` (`PipelineIterator.write_state`), one file set per
+batches) is written with `tf.train.Checkpoint` (`CheckpointableIterator.write_state`), one file set per
 process, inside the item's directory; restoring it makes the iterator continue exactly where the
 saved one stood. This module does not import TensorFlow: the iterator it is given does.
 
@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 if TYPE_CHECKING:
-    from sdjax.input_pipeline.iterator import PipelineIterator
+    from sdjax.input_pipeline.iterator import CheckpointableIterator
 
 
 class IncompatibleInputState(ValueError):
@@ -27,12 +27,12 @@ class IncompatibleInputState(ValueError):
 
 
 class IteratorHandler(ocp.CheckpointHandler):
-    """Saves and restores a `PipelineIterator`'s tf.data state in an orbax checkpoint item."""
+    """Saves and restores a `CheckpointableIterator`'s tf.data state in an orbax checkpoint item."""
 
     def save(self, directory: epath.Path, args: IteratorSave) -> None:
         args.iterator.write_state(_prefix(directory))
 
-    def restore(self, directory: epath.Path, args: IteratorRestore) -> PipelineIterator:
+    def restore(self, directory: epath.Path, args: IteratorRestore) -> CheckpointableIterator:
         args.iterator.read_state(_prefix(directory))
         return args.iterator
 
@@ -47,7 +47,7 @@ def _prefix(directory: epath.Path) -> str:
 class IteratorSave(ocp.args.CheckpointArgs):
     """Save the state of `iterator`."""
 
-    iterator: PipelineIterator
+    iterator: CheckpointableIterator
 
 
 @ocp.args.register_with_handler(IteratorHandler, for_restore=True)
@@ -55,4 +55,4 @@ class IteratorSave(ocp.args.CheckpointArgs):
 class IteratorRestore(ocp.args.CheckpointArgs):
     """Restore saved state into `iterator` (built with the same config) and return it."""
 
-    iterator: PipelineIterator
+    iterator: CheckpointableIterator

@@ -55,6 +55,7 @@ from tqdm import tqdm
 
 from sdjax.export import vae_config_json
 from sdjax.input_pipeline import decode, pipeline
+from sdjax.input_pipeline.iterator import CheckpointableIterator
 from sdjax.models.init import init_module
 from sdjax.models.vae import AutoencoderKL, DiagonalGaussian, VAEConfig
 from sdjax.stages import Stage, file_digest
@@ -207,7 +208,7 @@ def training_dataset(files: list[str], cfg: ConfigDict) -> tf.data.Dataset:
     return batches.prefetch(2).with_options(_options())
 
 
-class ImageBatches:
+class ImageBatches(CheckpointableIterator):
     """Numpy batches of a tf.data stream; `tf_iterator` is what the checkpoints save."""
 
     def __init__(self, dataset: tf.data.Dataset):
