@@ -119,7 +119,7 @@ def evaluate_setting(export: Path, args: argparse.Namespace, use_references: boo
             pipeline,
             scenes,
             eval_set.image_size,
-            period=eval_set.pattern_period,
+            eval_set.pattern_period,
             use_references=use_references,
             **sampling,
         )

@@ -14,7 +14,7 @@ import tensorflow as tf
 from data.build_sample import build_sample_records
 from data.cache_latents import cache_latents, load_frozen_vae
 from sdjax import sharding, trainer
-from sdjax.input_pipeline import pipeline
+from sdjax.input_pipeline import contract, pipeline
 from sdjax.input_pipeline.reasons import DataError
 from tests.training_config import micro_config
 
@@ -59,7 +59,7 @@ def test_reader_yields_the_moments_of_its_own_crop(config, cached):
     data = _reader(config, str(out / "*"), cached_latents=True)
     batch = next(pipeline.make_iterator(data))
     moments = batch["latent_moments"]
-    assert moments.shape == (4, *pipeline.latent_moments_shape(data))
+    assert moments.shape == (4, *contract.latent_moments_shape(data))
     posterior = load_frozen_vae(config).encode(batch["image"])
     expected = np.concatenate([posterior.mean, posterior.logvar], axis=-1)
     np.testing.assert_allclose(moments, expected, rtol=FLOAT16_TOLERANCE, atol=FLOAT16_TOLERANCE)

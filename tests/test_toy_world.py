@@ -508,7 +508,7 @@ def test_summarise_counts_subjects_and_images():
 
 def test_ceiling_scores_the_true_scenes_through_the_reconstruction():
     scenes = _scenes(seed=6, count=30)
-    exact = benchmark.reconstructed_scenes(lambda images: images, scenes, SIZE)
+    exact = benchmark.reconstructed_scenes(lambda images: images, scenes, SIZE, w.DEFAULT_PERIOD)
     for image, scene in zip(exact.images, scenes, strict=True):
         np.testing.assert_array_equal(image, w.render_scene(scene, SIZE)[0])
     assert exact.summary()["identity"] >= REQUIRED_ACCURACY, exact.summary()
@@ -516,5 +516,5 @@ def test_ceiling_scores_the_true_scenes_through_the_reconstruction():
     def grey(images: np.ndarray) -> np.ndarray:
         return np.repeat(images.mean(-1, keepdims=True), 3, -1).round().astype(np.uint8)
 
-    greyed = benchmark.reconstructed_scenes(grey, scenes, SIZE).summary()
+    greyed = benchmark.reconstructed_scenes(grey, scenes, SIZE, w.DEFAULT_PERIOD).summary()
     assert greyed["colour"] == 0.0, greyed

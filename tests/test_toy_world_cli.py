@@ -130,7 +130,7 @@ def test_benchmark_samples_and_scores_held_out_scenes(run):
     eval_set = read_eval_file(workdir / "world" / "eval.json")
     pipeline = SubjectDiffusionPipeline.from_pretrained(workdir / "export")
     scenes = eval_set.scenes[2]
-    sampled = sample_scenes(pipeline, scenes, eval_set.image_size, steps=2)
+    sampled = sample_scenes(pipeline, scenes, eval_set.image_size, eval_set.pattern_period, steps=2)
     assert sampled.images.shape == (len(scenes), 64, 64, 3)
     assert [len(r.subjects) for r in sampled.results] == [2] * len(scenes)
     summary = sampled.summary()

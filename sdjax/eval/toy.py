@@ -55,7 +55,7 @@ def evaluate_toy(
             pipeline,
             scenes[:num_eval],
             eval_set.image_size,
-            period=eval_set.pattern_period,
+            eval_set.pattern_period,
             use_references=use_references,
             **sampling,
         )

@@ -1,9 +1,9 @@
 """The input pipeline's position as an item of an orbax checkpoint.
 
 The tf.data iterator's state (file positions, shuffle buffer, running skip counts, prefetched
-batches) is written with `tf.train.Checkpoint` (`CheckpointableIterator.write_state`), one file set per
-process, inside the item's directory; restoring it makes the iterator continue exactly where the
-saved one stood. This module does not import TensorFlow: the iterator it is given does.
+batches) is written with `tf.train.Checkpoint` (`CheckpointableIterator.write_state`), one file
+set per process, inside the item's directory; restoring it makes the iterator continue exactly
+where the saved one stood. This module does not import TensorFlow: the iterator it is given does.
 
     manager.save(step, args=ocp.args.Composite(state=..., data=IteratorSave(iterator)))
     manager.restore(step, args=ocp.args.Composite(state=..., data=IteratorRestore(iterator)))

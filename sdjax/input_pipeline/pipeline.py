@@ -38,7 +38,6 @@ import tensorflow as tf
 from sdjax import geometry
 from sdjax.input_pipeline import augment, backgrounds, contract, decode, filters, tokens
 from sdjax.input_pipeline.config import default_config  # noqa: F401 (re-exported)
-from sdjax.input_pipeline.contract import latent_moments_shape
 from sdjax.input_pipeline.iterator import PipelineIterator
 from sdjax.input_pipeline.reasons import BAD_INPUT, NUM_REASONS, Reason
 from sdjax.input_pipeline.skip_warnings import SkipWarnings
@@ -172,7 +171,7 @@ def _select(element: dict, cfg: ml_collections.ConfigDict) -> tuple[tf.Tensor, d
     latents_ok, moments = tf.constant(True), None
     if cfg.cached_latents:
         latents_ok, moments = decode.decode_latents(
-            element["record"], cfg.resolution, latent_moments_shape(cfg)
+            element["record"], cfg.resolution, contract.latent_moments_shape(cfg)
         )
     reason = _first_failure(
         [

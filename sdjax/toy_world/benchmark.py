@@ -14,7 +14,7 @@ from PIL import Image
 from sdjax.models.vae import AutoencoderKL
 from sdjax.sampling import Subject, SubjectDiffusionPipeline, image_grid
 from sdjax.toy_world.evaluate import ImageResult, evaluate_scene, pattern_confusion, summarise
-from sdjax.toy_world.world import DEFAULT_PERIOD, Scene, caption, render_reference, render_scene
+from sdjax.toy_world.world import Scene, caption, render_reference, render_scene
 
 REFERENCE_SIZE = 128  # pixels of the reference images a user would draw
 METRICS = ("location", "identity", "class", "scene")
@@ -35,9 +35,7 @@ class SampledSet:
         return pattern_confusion(self.scenes, self.results)
 
 
-def scene_request(
-    scene: Scene, image_size: int, period: float = DEFAULT_PERIOD
-) -> tuple[str, list[Subject]]:
+def scene_request(scene: Scene, image_size: int, period: float) -> tuple[str, list[Subject]]:
     """The prompt and subjects (reference on white, class noun label, layout box) of a scene of a
     world whose patterns have `period` pixels."""
     subjects = [
@@ -55,8 +53,8 @@ def sample_scenes(
     pipeline: SubjectDiffusionPipeline,
     scenes: Sequence[Scene],
     image_size: int,
+    period: float,
     *,
-    period: float = DEFAULT_PERIOD,
     seed: int = 0,
     use_references: bool = True,
     **sampling,
@@ -85,7 +83,7 @@ def reconstructed_scenes(
     reconstruct: Callable[[np.ndarray], np.ndarray],
     scenes: Sequence[Scene],
     image_size: int,
-    period: float = DEFAULT_PERIOD,
+    period: float,
 ) -> SampledSet:
     """The ceiling of a latent model: the true scenes through `reconstruct` (uint8 images in and
     out, e.g. the VAE's encode then decode), scored as samples are. A diffusion model that drew
@@ -105,9 +103,7 @@ def vae_round_trip(vae: AutoencoderKL) -> Callable[[np.ndarray], np.ndarray]:
     return reconstruct
 
 
-def comparison_grid(
-    sampled: SampledSet, count: int, image_size: int, period: float = DEFAULT_PERIOD
-) -> Image.Image:
+def comparison_grid(sampled: SampledSet, count: int, image_size: int, period: float) -> Image.Image:
     """Rows of [references..., generated image] for the first `count` scenes (references shrunk
     to the image size), so identity and place can be judged by eye."""
     tiles = []
