@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     from sdjax.input_pipeline.iterator import PipelineIterator
 
 REPO = Path(__file__).resolve().parent
-# The shards `build_sample_records` writes in its folder (tests/test_train_cli.py reads them).
-SAMPLE_RECORDS = "sdd/1.0.0/sdd-train.tfrecord-*"
 
 config_flags.DEFINE_config_file(
     "config",
@@ -70,9 +68,10 @@ def sample_batches(config: ConfigDict, folder: Path) -> Callable[[ConfigDict], P
     """Points `config.data` at the bundled sample set's records in `folder`, and returns the
     trainer's reader that first builds them there (or finds them built). Building imports
     TensorFlow: in the trainer's input start, it loads while the step compiles."""
+    from data.layout import shard_pattern
     from sdjax import trainer
 
-    config.data.file_pattern = str(folder / SAMPLE_RECORDS)
+    config.data.file_pattern = shard_pattern(folder)
 
     def make_batches(data: ConfigDict) -> PipelineIterator:
         from data.build_sample import build_sample_records

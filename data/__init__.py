@@ -1,6 +1,24 @@
-"""Dataset builders of sdjax training records (schema: `sdjax.input_pipeline.schema`)."""
+"""Dataset builders of sdjax training records (schema: `sdjax.input_pipeline.schema`).
 
-from data.build_sample import build_sample_records, sample_source
-from data.sdd_builder import build, shard_files
+The builders load TensorFlow and tensorflow_datasets, so they are imported on first use: a
+finished dataset is found (`data.layout`) without them."""
 
-__all__ = ["build", "build_sample_records", "sample_source", "shard_files"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {
+    "build": "data.sdd_builder",
+    "build_sample_records": "data.build_sample",
+    "sample_source": "data.build_sample",
+    "shard_files": "data.layout",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'data' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)

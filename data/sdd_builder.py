@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tqdm import tqdm
 
+from data.layout import VERSION, shard_files
 from data.records import (
     BuildOptions,
     Outcome,
@@ -30,7 +31,6 @@ from data.records import (
 )
 from sdjax.input_pipeline import schema
 
-DATASET_NAME = "sdd"
 METRICS_NAMESPACE = "sdjax_records"
 _IMAGE_SKIP = "image skipped: "
 _ENTITY_SKIP = "entity skipped: "
@@ -111,7 +111,7 @@ class Sdd(tfds.core.GeneratorBasedBuilder):
     or `tfds.builder_from_directory(...)` without it.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version(VERSION)
     RELEASE_NOTES = {"1.0.0": "Schema version 1."}
 
     @tfds.core.utils.classproperty
@@ -193,12 +193,6 @@ class BuildResult:
     files: list[str]
     report: Report
     reused: bool
-
-
-def shard_files(data_dir: str | Path, split: str = "train") -> list[str]:
-    """The record shards of a built split, in order."""
-    folder = Path(data_dir) / DATASET_NAME / str(Sdd.VERSION)
-    return sorted(str(p) for p in folder.glob(f"{DATASET_NAME}-{split}.tfrecord-*"))
 
 
 def build(

@@ -27,8 +27,7 @@ from ml_collections import config_flags  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from data.manifest import ManifestSource  # noqa: E402
-from data.sdd_builder import build, shard_files  # noqa: E402
+from data.layout import shard_files  # noqa: E402
 from sdjax.stages import Stage  # noqa: E402
 from sdjax.toy_world.world import (  # noqa: E402
     SUBJECT_COUNTS,
@@ -121,6 +120,9 @@ def generate_world(world_config: ml_collections.ConfigDict, directory: str | Pat
     settings = world_config.to_dict()
     if stage.is_complete(settings):
         return _world_files(stage.directory)
+    from data.manifest import ManifestSource  # noqa: PLC0415 (TensorFlow: only to build)
+    from data.sdd_builder import build  # noqa: PLC0415
+
     stage.reset()
     manifest = write_source(world_config, stage.directory / SOURCE_FOLDER)
     result = build(

@@ -25,6 +25,7 @@ from fixtures_data import (
 from data import build, build_sample_records, sample_source
 from data import build_tfrecords as cli
 from data.coco import CocoSource, choose_caption
+from data.layout import DATASET_NAME
 from data.manifest import ManifestSource
 from data.masks import (
     MaskError,
@@ -34,7 +35,6 @@ from data.masks import (
     rasterize_polygons,
 )
 from data.records import BuildOptions, InputError, Reason, Report, process_unit
-from data.sdd_builder import DATASET_NAME
 from data.sdd_tars import SddTarSource
 from sdjax import tokenizer as tok
 from sdjax.captions import label_in_caption

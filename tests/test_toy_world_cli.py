@@ -106,6 +106,31 @@ def test_a_second_run_reuses_every_stage(run):
     assert {s: (workdir / s / "STAGE.json").stat().st_mtime_ns for s in stages} == marks
 
 
+def test_finished_stages_are_found_without_tensorflow(run):
+    """A resumed default run checks its cached stages without loading TensorFlow: it loads in
+    the trainer's input start, while the step compiles or loads on the worker."""
+    workdir, _ = run
+    code = f"""
+import functools
+import sys
+from pathlib import Path
+import train
+from configs import toy_world
+config = toy_world.get_config()
+for flag in {MICRO!r}:
+    path, value = flag.removeprefix("--config.").split("=")
+    *sections, name = path.split(".")
+    section = functools.reduce(getattr, sections, config)
+    setattr(section, name, type(getattr(section, name))(value))
+train.prepare_toy_world(config, Path({str(workdir)!r}))
+print(sorted({{"tensorflow", "tensorflow_datasets"}} & set(sys.modules)))
+"""
+    command = [sys.executable, "-c", code]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+
+
 def test_sample_cli_draws_a_painted_reference(run, tmp_path):
     workdir, _ = run
     command = [

@@ -27,7 +27,7 @@ from sdjax.input_pipeline import schema
 from sdjax.models.init import init_module
 from sdjax.models.vae import AutoencoderKL, DiagonalGaussian, VAEConfig
 from sdjax.stages import Stage
-from sdjax.training import vae_fit
+from sdjax.training import vae_fit, vae_images
 from sdjax.weights import load_vae
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,8 +148,8 @@ def test_posterior_starts_narrow(records):
 def test_reader_splits_and_repeats_deterministically(records):
     cfg = fit_config(records).vae_fit
     files = sorted(str(p) for p in Path(records).parent.glob("*.tfrecord"))
-    held_out = vae_fit.first_images(files, cfg, held_out=True, count=100)
-    training = vae_fit.first_images(files, cfg, held_out=False, count=100)
+    held_out = vae_images.first_images(files, cfg, held_out=True, count=100)
+    training = vae_images.first_images(files, cfg, held_out=False, count=100)
     assert held_out.shape == (NUM_RECORDS // HOLDOUT_EVERY, 32, 32, 3)
     assert len(training) == NUM_RECORDS - len(held_out)
     assert held_out.min() >= -1.0 and held_out.max() <= 1.0
@@ -157,7 +157,7 @@ def test_reader_splits_and_repeats_deterministically(records):
     assert distance.min() > 0.01  # no held-out image is among the training images
 
     def first_batches(n: int) -> list[np.ndarray]:
-        batches = vae_fit.ImageBatches(vae_fit.training_dataset(files, cfg))
+        batches = vae_images.ImageBatches(vae_images.training_dataset(files, cfg))
         return [next(batches) for _ in range(n)]
 
     epoch = len(training) // cfg.batch_size
@@ -275,7 +275,7 @@ def test_unreadable_checkpoint_starts_over(fitted, tmp_path):
             file.write_bytes(b"\0")
     graphdef, params = nnx.split(vae_fit.build_vae(config))
     state = vae_fit.FitState.start(params, vae_fit.make_optimizer())
-    fresh = vae_fit.ImageBatches(tf.data.Dataset.range(3))
+    fresh = vae_images.ImageBatches(tf.data.Dataset.range(3))
 
     checkpoints, restored, batches, start = vae_fit.resume(
         workdir, config.vae_fit, state, lambda: fresh

@@ -38,6 +38,7 @@ import tensorflow as tf
 from sdjax import geometry
 from sdjax.input_pipeline import augment, backgrounds, contract, decode, filters, tokens
 from sdjax.input_pipeline.config import default_config  # noqa: F401 (re-exported)
+from sdjax.input_pipeline.files import list_files
 from sdjax.input_pipeline.iterator import PipelineIterator
 from sdjax.input_pipeline.reasons import BAD_INPUT, NUM_REASONS, Reason
 from sdjax.input_pipeline.skip_warnings import SkipWarnings
@@ -313,15 +314,6 @@ def finish_batch(batch: dict, cfg: ml_collections.ConfigDict) -> dict[str, tf.Te
     return out
 
 
-def list_files(pattern: str) -> list[str]:
-    """Sorted TFRecord files matching comma-separated glob patterns."""
-    globs = [p.strip() for p in pattern.split(",") if p.strip()]
-    files = sorted({f for g in globs for f in tf.io.gfile.glob(g)})
-    if not files:
-        raise FileNotFoundError(f"no file matches data.file_pattern {pattern!r}")
-    return files
-
-
 def host_files(files: list[str], process_index: int, process_count: int) -> list[str]:
     """This host's share of the files (every process_count-th, from process_index)."""
     mine = files[process_index::process_count]
@@ -356,8 +348,10 @@ def read_file(path: tf.Tensor, size: tf.Tensor) -> tf.data.Dataset:
         return (consumed, count), (~at_end | damaged, element)
 
     zero = tf.constant(0, tf.int64)
-    marked = numbered.concatenate(end).scan((zero, zero), _graph(account))
-    return marked.filter(_graph(lambda keep, _: keep)).map(_graph(lambda _, element: element))
+    marked = numbered.concatenate(end).scan((zero, zero), as_written(account))
+    return marked.filter(as_written(lambda keep, _: keep)).map(
+        as_written(lambda _, element: element)
+    )
 
 
 def _count_reasons(counts: tf.Tensor, example: dict):
@@ -381,7 +375,7 @@ def _delivered(example: dict, strict: bool, warnings: SkipWarnings) -> tf.Tensor
     return delivered & warned
 
 
-def _graph(fn):
+def as_written(fn):
     """Trace `fn` as written: it has no Python control flow on tensors for autograph to convert."""
     return tf.autograph.experimental.do_not_convert(fn)
 
@@ -413,7 +407,7 @@ def build_dataset(
         ds = ds.shuffle(len(files), seed=cfg.seed, reshuffle_each_iteration=True)
     ds = ds.repeat(cfg.num_epochs)
     ds = ds.interleave(
-        _graph(read_file),
+        as_written(read_file),
         cycle_length=min(cfg.interleave_cycle_length, len(files)),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
@@ -422,16 +416,16 @@ def build_dataset(
         ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
     base_seed = tf.constant([cfg.seed, process_index], tf.int64)
     ds = ds.enumerate().map(
-        _graph(lambda index, element: process_example(index, element, base_seed, cfg)),
+        as_written(lambda index, element: process_example(index, element, base_seed, cfg)),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    ds = ds.scan(tf.zeros([NUM_REASONS], tf.int64), _graph(_count_reasons))
+    ds = ds.scan(tf.zeros([NUM_REASONS], tf.int64), as_written(_count_reasons))
     warnings = SkipWarnings()
-    ds = ds.filter(_graph(lambda example: _delivered(example, cfg.strict, warnings)))
+    ds = ds.filter(as_written(lambda example: _delivered(example, cfg.strict, warnings)))
     ds = ds.batch(cfg.batch_size // process_count, drop_remainder=True)
     ds = ds.map(
-        _graph(lambda batch: finish_batch(batch, cfg)),
+        as_written(lambda batch: finish_batch(batch, cfg)),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )

@@ -15,10 +15,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import tensorflow as tf
 from ml_collections import ConfigDict
 
-from sdjax.input_pipeline import augment
 from sdjax.sampling.subjects import reference_image
 from sdjax.toy_world import world
 
@@ -58,6 +56,10 @@ def _augmented_cut_outs(
     scenes: list[world.Scene], size: int, period: float, data: ConfigDict, seed: int
 ) -> np.ndarray:
     """(N, s, s, 3): every subject of `scenes` as the reader makes its reference."""
+    import tensorflow as tf  # noqa: PLC0415 (the reader's augmentation: only when a fit runs)
+
+    from sdjax.input_pipeline import augment  # noqa: PLC0415
+
     slots = max(len(s.subjects) for s in scenes)
     images, masks, boxes, valid = [], [], [], []
     for scene in scenes:

@@ -25,7 +25,7 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +41,10 @@ from sdjax.models.init import init_module
 from sdjax.models.layers import linear
 from sdjax.stages import Stage
 from sdjax.training.batches import map_batches
-from sdjax.training.metrics import MetricsWriter
 from sdjax.training.optimizer import warmup_cosine_schedule
+
+if TYPE_CHECKING:
+    from sdjax.training.metrics import MetricsWriter
 
 EXPORT_DIR = "export"
 RESULT_FILE = "encoder_fit.json"
@@ -142,6 +144,8 @@ def fit_image_encoder(
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = config.encoder_fit
     model = build_classifier(config, source.label_sizes)
+    from sdjax.training.metrics import MetricsWriter  # noqa: PLC0415 (it loads TensorFlow)
+
     model = _train(model, source.training(), cfg, MetricsWriter(workdir))
     scores = {
         name: accuracy(predict(model, labelled.pixels, cfg.batch_size), labelled.labels)

@@ -18,11 +18,9 @@ training images) brings them to unit variance for diffusion. The posterior start
 (`init_logvar`): at the default initialisation its noise is as large as the latents' signal,
 which slows the start of a short fit.
 
-Records: every `holdout_every`-th record of the sorted files is held out. Training images are
-centre-cropped to a square, resized (bilinear, antialiased) to `resolution`, flipped horizontally
-at random (a stateless draw per stream position), shuffled with a seed and repeated forever; the
-input position is saved in the checkpoints with the train state, so a resumed fit continues where
-it stopped. SIGTERM or Ctrl-C saves a checkpoint and returns an incomplete result.
+Records are read by `sdjax.training.vae_images` (held-out split, square crops, flips, shuffle);
+the input position is saved in the checkpoints with the train state, so a resumed fit continues
+where it stopped. TensorFlow loads only when a fit runs: a finished fit is found without it. SIGTERM or Ctrl-C saves a checkpoint and returns an incomplete result.
 
 WORKDIR holds `checkpoints/`, `metrics.jsonl`, `tensorboard/`, `reconstructions.png` (held-out
 originals on top, their reconstructions below), `vae_fit.json` (the result), `export/` (a
@@ -38,15 +36,14 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tensorflow as tf
 from flax import nnx, struct
 from ml_collections import ConfigDict
 from PIL import Image
@@ -54,18 +51,20 @@ from safetensors.numpy import save_file
 from tqdm import tqdm
 
 from sdjax.export import vae_config_json
-from sdjax.input_pipeline import decode, pipeline
-from sdjax.input_pipeline.iterator import CheckpointableIterator
+from sdjax.input_pipeline.files import list_files
 from sdjax.models.init import init_module
 from sdjax.models.vae import AutoencoderKL, DiagonalGaussian, VAEConfig
 from sdjax.stages import Stage, file_digest
 from sdjax.training.batches import map_batches
 from sdjax.training.checkpoint import Checkpointer
-from sdjax.training.metrics import MetricsWriter
 from sdjax.training.optimizer import warmup_cosine_schedule
 from sdjax.training.preemption import Preemption
 from sdjax.weights.core import export_state
 from sdjax.weights.vae import RENAMES
+
+if TYPE_CHECKING:
+    from sdjax.training.metrics import MetricsWriter
+    from sdjax.training.vae_images import ImageBatches
 
 logger = logging.getLogger(__name__)
 
@@ -129,108 +128,6 @@ def vae_loss(
     mae = jnp.mean(jnp.abs(reconstruction.astype(jnp.float32) - images))
     kl = kl_divergence(posterior)
     return mae + kl_weight * kl, {"reconstruction": mae, "kl": kl}
-
-
-# ---------------------------------------------------------------- input
-
-
-def _square(image: tf.Tensor, resolution: int) -> tf.Tensor:
-    """Centre square of a uint8 image resized to `resolution` (bilinear, antialiased), uint8."""
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    side = tf.minimum(height, width)
-    crop = tf.image.crop_to_bounding_box(
-        image, (height - side) // 2, (width - side) // 2, side, side
-    )
-    resized = tf.image.resize(crop, [resolution, resolution], antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
-
-
-def _decode(serialized: tf.Tensor, resolution: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """`(ok, image)` of one record: its image as a `resolution` square, uint8."""
-    parsed, features = decode.parse_record(serialized)
-    decoded, image = decode.decode_image(features)
-    return parsed & decoded, _square(image, resolution)
-
-
-def _graph(fn: Callable) -> Callable:
-    return tf.autograph.experimental.do_not_convert(fn)
-
-
-def split_images(files: list[str], cfg: ConfigDict, held_out: bool) -> tf.data.Dataset:
-    """The decoded square uint8 images of one split (every `holdout_every`-th record held out)."""
-    pipeline.hide_accelerators_from_tensorflow()
-    every = cfg.holdout_every
-    records = tf.data.TFRecordDataset(files).enumerate()
-    records = records.filter(_graph(lambda i, _: (i % every == 0) == tf.constant(held_out)))
-    decoded = records.map(
-        _graph(lambda _, record: _decode(record, cfg.resolution)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    ok = decoded.filter(_graph(lambda ok, _: ok)).map(_graph(lambda _, image: image))
-    return ok.with_options(_options())
-
-
-def _options() -> tf.data.Options:
-    options = tf.data.Options()
-    options.deterministic = True
-    # Only `decode.try_apply` looks stateful to the checkpoint check; all randomness is stateless.
-    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
-    return options
-
-
-def _to_unit_range(images: tf.Tensor) -> tf.Tensor:
-    return tf.cast(images, tf.float32) / 127.5 - 1.0
-
-
-def _flip(index: tf.Tensor, image: tf.Tensor, seed: int) -> tf.Tensor:
-    """Horizontally flipped with probability 1/2, drawn from (seed, stream index)."""
-    draw = tf.random.stateless_uniform(
-        [], tf.random.experimental.stateless_fold_in([seed, 0], index)
-    )
-    return tf.cond(draw < 0.5, lambda: image[:, ::-1], lambda: image)
-
-
-def training_dataset(files: list[str], cfg: ConfigDict) -> tf.data.Dataset:
-    """Shuffled, flipped, repeated batches (B, R, R, 3) float32 in [-1, 1] of the training split."""
-    images = split_images(files, cfg, held_out=False)
-    images = images.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
-    flipped = (
-        images.repeat()
-        .enumerate()
-        .map(
-            _graph(lambda index, image: _flip(index, image, cfg.seed)),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
-    )
-    batches = flipped.batch(cfg.batch_size, drop_remainder=True).map(_graph(_to_unit_range))
-    return batches.prefetch(2).with_options(_options())
-
-
-class ImageBatches(CheckpointableIterator):
-    """Numpy batches of a tf.data stream; `tf_iterator` is what the checkpoints save."""
-
-    def __init__(self, dataset: tf.data.Dataset):
-        self.tf_iterator = iter(dataset)
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return self
-
-    def __next__(self) -> np.ndarray:
-        return next(self.tf_iterator).numpy()
-
-
-def first_images(files: list[str], cfg: ConfigDict, held_out: bool, count: int) -> np.ndarray:
-    """Up to `count` unflipped images (N, R, R, 3) float32 in [-1, 1] of a split, in record order."""
-    images = split_images(files, cfg, held_out).take(count).map(_graph(_to_unit_range))
-    found = [image.numpy() for image in images]
-    if not found:
-        split = "held-out" if held_out else "training"
-        raise ValueError(
-            f"no {split} images in {len(files)} files (holdout_every={cfg.holdout_every})"
-        )
-    return np.stack(found)
 
 
 # ---------------------------------------------------------------- model and step
@@ -337,7 +234,7 @@ def stage_settings(config: ConfigDict) -> dict[str, Any]:
     by their bytes (SHA-256 of each, sorted), not by their paths: the same records reached through
     another folder or link reuse the fit; changed records do not."""
     fit = config.vae_fit.to_dict()
-    files = pipeline.list_files(fit.pop("file_pattern"))
+    files = list_files(fit.pop("file_pattern"))
     records = sorted(file_digest(Path(f)) for f in files)
     return {"vae_fit": fit, "vae": config.model.vae.to_dict(), "records": records}
 
@@ -429,8 +326,11 @@ def fit_vae(config: ConfigDict, workdir: str | Path) -> FitResult:
 
 def _fit(config: ConfigDict, workdir: Path) -> FitResult:
     """Trains to `num_steps` from the last checkpoint, then evaluates and exports."""
+    from sdjax.training.metrics import MetricsWriter  # noqa: PLC0415 (both load TensorFlow)
+    from sdjax.training.vae_images import ImageBatches, first_images, training_dataset  # noqa: PLC0415
+
     cfg = config.vae_fit
-    files = pipeline.list_files(cfg.file_pattern)
+    files = list_files(cfg.file_pattern)
     held_out = first_images(files, cfg, held_out=True, count=cfg.eval_images)
     training = first_images(files, cfg, held_out=False, count=cfg.eval_images)
     graphdef, params = nnx.split(build_vae(config))
