@@ -199,43 +199,44 @@ def subject_images(
     full = tf.constant([0.0, 0.0, 1.0, 1.0])
     boxes = tf.where(valid[..., None], boxes, full)
     source = (images + 1.0) / 2.0
-    backdrop_map = tf.eye(3, batch_shape=[batch])
+
+    def per_slot(x: tf.Tensor) -> tf.Tensor:
+        """(B, ...) → (B * S, ...): each example's tensor once per subject slot."""
+        return tf.repeat(x, slots, axis=0)
+
+    def flat(x: tf.Tensor) -> tf.Tensor:
+        """(B, S, ...) → (B * S, ...)."""
+        return tf.reshape(x, [batch * slots, *x.shape[2:]])
+
+    backdrop_map = tf.eye(3, batch_shape=[batch * slots])
     if cfg.background == "white":
-        backdrop = [tf.ones([batch, size, size, 1])] * slots
+        backdrop = tf.ones([batch * slots, size, size, 1])
     elif cfg.background == "random" and batch > 1:
-        backdrop = [tf.roll(source, shift=-1, axis=0)] * slots
+        backdrop = per_slot(tf.roll(source, shift=-1, axis=0))
         backdrop_map = geometry.scaling(
-            tf.fill([batch], resolution / size), tf.fill([batch], resolution / size)
+            tf.fill([batch * slots], resolution / size), tf.fill([batch * slots], resolution / size)
         )
     elif cfg.background == "random":
-        backdrop = [tf.random.stateless_uniform([batch, size, size, 3], noise_seed)] * slots
+        backdrop = per_slot(tf.random.stateless_uniform([batch, size, size, 3], noise_seed))
     elif cfg.background in backgrounds.BACKGROUNDS:
         files = None
         if cfg.background == "folder":
             files = tf.constant(backgrounds.background_files(cfg.background_dir))
-        drawn = backgrounds.subject_backgrounds(
-            cfg.background, files, (batch, slots), size, noise_seed
+        backdrop = flat(
+            backgrounds.subject_backgrounds(cfg.background, files, (batch, slots), size, noise_seed)
         )
-        backdrop = tf.unstack(drawn, axis=1)
     else:
         raise ValueError(
             f"data.background={cfg.background!r}; known: {list(backgrounds.BACKGROUNDS)}"
         )
     alpha = tf.cast(masks & geometry.box_regions(boxes, resolution), tf.float32)[..., None]
-    per_slot = []
-    for slot in range(slots):
-        draws = u[:, slot]
-        canvas = augmentation_sampling(draws, size, aug)
-        to_target = (
-            placement_sampling(
-                boxes[:, slot], draws[:, PLACEMENT], resolution, size, cfg.background
-            )
-            @ canvas
-        )
-        subject = geometry.warp_images(source, to_target, size)
-        opacity = geometry.warp_images(alpha[:, slot], to_target, size)
-        behind = geometry.warp_images(backdrop[slot], backdrop_map @ canvas, size, aug.fill_value)
-        per_slot.append(subject * opacity + behind * (1.0 - opacity))
-    pixels = tf.stack(per_slot, axis=1)
+    canvas = flat(augmentation_sampling(u, size, aug))
+    to_target = flat(placement_sampling(boxes, u[..., PLACEMENT], resolution, size, cfg.background))
+    to_target = to_target @ canvas
+    subject = geometry.warp_images(per_slot(source), to_target, size)
+    opacity = geometry.warp_images(flat(alpha), to_target, size)
+    behind = geometry.warp_images(backdrop, backdrop_map @ canvas, size, aug.fill_value)
+    blended = subject * opacity + behind * (1.0 - opacity)
+    pixels = tf.reshape(blended, [batch, slots, size, size, blended.shape[-1]])
     normalised = (pixels - tf.constant(aug.clip_mean)) / tf.constant(aug.clip_std)
     return tf.where(valid[..., None, None, None], normalised, 0.0)
