@@ -374,6 +374,33 @@ def test_pattern_confusion_counts_each_requested_pattern_as_read():
         assert row.get("solid", 0) >= 0.9 * sum(row.values()), confusion
 
 
+def _with_pattern(scene, pattern: str):
+    looks = [dataclasses.replace(s.look, pattern=pattern) for s in scene.subjects]
+    subjects = tuple(
+        dataclasses.replace(s, look=k) for s, k in zip(scene.subjects, looks, strict=True)
+    )
+    return dataclasses.replace(scene, subjects=subjects)
+
+
+def test_stripes_line_share_is_high_for_stripes_and_low_for_a_checker_drawn_instead():
+    scenes = [_with_pattern(s, "stripes") for s in _scenes(seed=7, count=20)]
+    subjects = sum(len(s.subjects) for s in scenes)
+    true = [ev.evaluate_scene(w.render_scene(s, SIZE)[0], s) for s in scenes]
+    shares = ev.stripes_line_shares(scenes, true)
+    assert len(shares) >= 0.9 * subjects
+    assert np.mean(np.array(shares) >= ev.STRIPES_MIN_ETA) >= 0.95, shares
+    checker = [_with_pattern(s, "checker") for s in scenes]
+    wrong = [
+        ev.evaluate_scene(w.render_scene(c, SIZE)[0], s)
+        for c, s in zip(checker, scenes, strict=True)
+    ]
+    wrong_shares = ev.stripes_line_shares(scenes, wrong)
+    assert len(wrong_shares) >= 0.9 * subjects
+    assert np.median(wrong_shares) < 0.3 < np.median(shares), (wrong_shares, shares)
+    # Only striped requests count.
+    assert ev.stripes_line_shares(checker, wrong) == []
+
+
 def _blurred(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A render as a generator might draw it: soft, slightly off in colour, a little noisy."""
     pixels = ndimage.gaussian_filter(image.astype(np.float64), (0.7, 0.7, 0))

@@ -49,7 +49,7 @@ def evaluate_toy(
     pipeline = SubjectDiffusionPipeline.from_pretrained(export)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    summaries, confusions = {}, {}
+    summaries, confusions, stripes = {}, {}, {}
     for count, scenes in sorted(eval_set.scenes.items()):
         sampled = sample_scenes(
             pipeline,
@@ -61,6 +61,7 @@ def evaluate_toy(
         )
         summaries[count] = sampled.summary()
         confusions[count] = sampled.pattern_confusion()
+        stripes[count] = sampled.stripes_line_share()
         grid = comparison_grid(sampled, GRID_SCENES, eval_set.image_size, eval_set.pattern_period)
         grid.save(out / f"grid_{count}.png")
     content = {
@@ -71,6 +72,8 @@ def evaluate_toy(
         "sampling": sampling,
         "results": summaries,
         "pattern_confusion": confusions,  # {count: {requested: {read: subjects}}}
+        # {count: quartiles of how striped the striped requests are drawn (stripes from 0.75)}
+        "stripes_line_share": stripes,
     }
     write_json(out / "results.json", content)
     (out / "table.md").write_text(toy_table(summaries))

@@ -13,7 +13,13 @@ from PIL import Image
 
 from sdjax.models.vae import AutoencoderKL
 from sdjax.sampling import Subject, SubjectDiffusionPipeline, image_grid
-from sdjax.toy_world.evaluate import ImageResult, evaluate_scene, pattern_confusion, summarise
+from sdjax.toy_world.evaluate import (
+    ImageResult,
+    evaluate_scene,
+    pattern_confusion,
+    stripes_line_shares,
+    summarise,
+)
 from sdjax.toy_world.world import Scene, caption, render_reference, render_scene
 
 REFERENCE_SIZE = 128  # pixels of the reference images a user would draw
@@ -33,6 +39,14 @@ class SampledSet:
 
     def pattern_confusion(self) -> dict[str, dict[str, int]]:
         return pattern_confusion(self.scenes, self.results)
+
+    def stripes_line_share(self) -> dict[str, float]:
+        """Median and quartiles of `line_share` over the striped requests found."""
+        shares = stripes_line_shares(self.scenes, self.results)
+        if not shares:
+            return {}
+        q25, median, q75 = np.quantile(shares, [0.25, 0.5, 0.75]).tolist()
+        return {"found": len(shares), "q25": q25, "median": median, "q75": q75}
 
 
 def scene_request(scene: Scene, image_size: int, period: float) -> tuple[str, list[Subject]]:

@@ -88,6 +88,7 @@ class SubjectResult:
     detected_pattern: str | None
     # the colour found is another requested subject's, not this one's: a look in the wrong box
     other_colour: bool = False
+    line_share: float | None = None  # how striped the subject is drawn (`line_share`)
 
     @property
     def all_ok(self) -> bool:
@@ -301,14 +302,20 @@ def correlation_ratio(values: np.ndarray, region: np.ndarray, axis: int) -> floa
     return float(between / total)
 
 
+def line_share(white: np.ndarray, region: np.ndarray) -> float:
+    """The larger share of the whiteness variance explained by rows or by columns: 1 for clean
+    stripes, near 0 for a checker (`STRIPES_MIN_ETA` reads stripes)."""
+    return max(correlation_ratio(white, region, axis=1), correlation_ratio(white, region, axis=0))
+
+
 def classify_pattern(white: np.ndarray, region: np.ndarray) -> str:
     """solid, stripes, dots or checker from the whiteness of a subject (see the module doc)."""
     if white[region].mean() < SOLID_MAX_WHITE:
         return "solid"
+    if line_share(white, region) >= STRIPES_MIN_ETA:
+        return "stripes"
     by_rows = correlation_ratio(white, region, axis=1)
     by_cols = correlation_ratio(white, region, axis=0)
-    if max(by_rows, by_cols) >= STRIPES_MIN_ETA:
-        return "stripes"
     if min(by_rows, by_cols) >= DOTS_MIN_ETA:
         return "dots"
     return "checker"
@@ -320,18 +327,30 @@ def interior(mask: np.ndarray) -> np.ndarray:
     return inner if inner.sum() * 2 >= mask.sum() else mask
 
 
-def classify_look(pixels: np.ndarray, mask: np.ndarray) -> tuple[str | None, str | None]:
-    """(colour, pattern) of a component; None when it has no saturated pixels."""
+@dataclasses.dataclass(frozen=True)
+class DetectedLook:
+    """What a component shows: its colour and pattern names, and how striped it is."""
+
+    colour: str | None
+    pattern: str | None
+    line_share: float | None  # `line_share` of its interior's whiteness
+
+
+def classify_look(pixels: np.ndarray, mask: np.ndarray) -> DetectedLook:
+    """The look of a component; all None when it has no saturated pixels."""
     saturations = saturation(pixels)
     chromatic = mask & (saturations >= CHROMATIC_MIN_SATURATION)
     if not chromatic.any():
-        return None, None
+        return DetectedLook(None, None, None)
     cores = chromatic & (
         saturations >= np.quantile(saturations[chromatic], COLOUR_SATURATION_QUANTILE)
     )
     colour = np.median(pixels[cores], axis=0)
     white = np.clip(whiteness(pixels, colour), 0.0, 1.0)
-    return nearest_name(colour, COLOURS), classify_pattern(white, interior(mask))
+    region = interior(mask)
+    return DetectedLook(
+        nearest_name(colour, COLOURS), classify_pattern(white, region), line_share(white, region)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,8 +379,9 @@ def evaluate_request(
     others = [c.mask for c in components if c is not best]
     ignored = np.logical_or.reduce(others) & ~best.mask if others else np.zeros_like(best.mask)
     cls = classify_shape(best.mask, best.box, ignored, foreground)
-    colour, pattern = classify_look(pixels, best.mask)
-    colour_ok, pattern_ok = colour == request.look.colour, pattern == request.look.pattern
+    look = classify_look(pixels, best.mask)
+    colour_ok = look.colour == request.look.colour
+    pattern_ok = look.pattern == request.look.pattern
     return SubjectResult(
         located=iou >= LOCATED_IOU,
         iou=iou,
@@ -371,9 +391,10 @@ def evaluate_request(
         pattern_ok=pattern_ok,
         identity_ok=colour_ok and pattern_ok,
         detected_class=cls,
-        detected_colour=colour,
-        detected_pattern=pattern,
-        other_colour=colour in other_colours,
+        detected_colour=look.colour,
+        detected_pattern=look.pattern,
+        other_colour=look.colour in other_colours,
+        line_share=look.line_share,
     )
 
 
@@ -437,3 +458,14 @@ def pattern_confusion(
             read = found.detected_pattern or "none"
             row[read] = row.get(read, 0) + 1
     return counts
+
+
+def stripes_line_shares(scenes: Sequence[Scene], results: Sequence[ImageResult]) -> list[float]:
+    """`line_share` of every subject found for a striped request, in order: how close to
+    stripes the model draws them (read as stripes from `STRIPES_MIN_ETA`)."""
+    return [
+        found.line_share
+        for scene, result in zip(scenes, results, strict=True)
+        for subject, found in zip(scene.subjects, result.subjects, strict=True)
+        if subject.look.pattern == "stripes" and found.line_share is not None
+    ]
