@@ -346,18 +346,17 @@ def test_evaluator_reads_ground_truth_renders(period):
         assert summary[key] >= REQUIRED_ACCURACY, summary
 
 
+def _with_pattern(scene, pattern: str):
+    looks = [dataclasses.replace(s.look, pattern=pattern) for s in scene.subjects]
+    subjects = tuple(
+        dataclasses.replace(s, look=k) for s, k in zip(scene.subjects, looks, strict=True)
+    )
+    return dataclasses.replace(scene, subjects=subjects)
+
+
 def test_pattern_confusion_counts_each_requested_pattern_as_read():
     scenes = _scenes(seed=6, count=30)
-    solid = [
-        dataclasses.replace(
-            scene,
-            subjects=tuple(
-                dataclasses.replace(s, look=dataclasses.replace(s.look, pattern="solid"))
-                for s in scene.subjects
-            ),
-        )
-        for scene in scenes
-    ]
+    solid = [_with_pattern(scene, "solid") for scene in scenes]
     # Drawn solid whatever was asked: every read is "solid" (or none found).
     drawn = [
         ev.evaluate_scene(w.render_scene(s, SIZE)[0], asked)
@@ -372,14 +371,6 @@ def test_pattern_confusion_counts_each_requested_pattern_as_read():
     assert len(asked) > 1
     for row in confusion.values():
         assert row.get("solid", 0) >= 0.9 * sum(row.values()), confusion
-
-
-def _with_pattern(scene, pattern: str):
-    looks = [dataclasses.replace(s.look, pattern=pattern) for s in scene.subjects]
-    subjects = tuple(
-        dataclasses.replace(s, look=k) for s, k in zip(scene.subjects, looks, strict=True)
-    )
-    return dataclasses.replace(scene, subjects=subjects)
 
 
 def test_stripes_line_share_is_high_for_stripes_and_low_for_a_checker_drawn_instead():

@@ -88,7 +88,7 @@ class SubjectResult:
     detected_pattern: str | None
     # the colour found is another requested subject's, not this one's: a look in the wrong box
     other_colour: bool = False
-    line_share: float | None = None  # how striped the subject is drawn (`line_share`)
+    line_share: float | None = None  # how striped the subject is drawn (`DetectedLook`)
 
     @property
     def all_ok(self) -> bool:
@@ -302,20 +302,18 @@ def correlation_ratio(values: np.ndarray, region: np.ndarray, axis: int) -> floa
     return float(between / total)
 
 
-def line_share(white: np.ndarray, region: np.ndarray) -> float:
-    """The larger share of the whiteness variance explained by rows or by columns: 1 for clean
-    stripes, near 0 for a checker (`STRIPES_MIN_ETA` reads stripes)."""
-    return max(correlation_ratio(white, region, axis=1), correlation_ratio(white, region, axis=0))
+def line_ratios(white: np.ndarray, region: np.ndarray) -> tuple[float, float]:
+    """Shares of the whiteness variance over `region` explained by rows and by columns."""
+    return correlation_ratio(white, region, axis=1), correlation_ratio(white, region, axis=0)
 
 
-def classify_pattern(white: np.ndarray, region: np.ndarray) -> str:
-    """solid, stripes, dots or checker from the whiteness of a subject (see the module doc)."""
-    if white[region].mean() < SOLID_MAX_WHITE:
+def pattern_name(mean_white: float, by_rows: float, by_cols: float) -> str:
+    """solid, stripes, dots or checker from a subject's mean whiteness and `line_ratios` (see the
+    module doc)."""
+    if mean_white < SOLID_MAX_WHITE:
         return "solid"
-    if line_share(white, region) >= STRIPES_MIN_ETA:
+    if max(by_rows, by_cols) >= STRIPES_MIN_ETA:
         return "stripes"
-    by_rows = correlation_ratio(white, region, axis=1)
-    by_cols = correlation_ratio(white, region, axis=0)
     if min(by_rows, by_cols) >= DOTS_MIN_ETA:
         return "dots"
     return "checker"
@@ -333,7 +331,9 @@ class DetectedLook:
 
     colour: str | None
     pattern: str | None
-    line_share: float | None  # `line_share` of its interior's whiteness
+    # how striped: the larger of its interior's `line_ratios`, 1 for clean stripes, near 0 for a
+    # checker (`STRIPES_MIN_ETA` reads stripes)
+    line_share: float | None
 
 
 def classify_look(pixels: np.ndarray, mask: np.ndarray) -> DetectedLook:
@@ -348,9 +348,9 @@ def classify_look(pixels: np.ndarray, mask: np.ndarray) -> DetectedLook:
     colour = np.median(pixels[cores], axis=0)
     white = np.clip(whiteness(pixels, colour), 0.0, 1.0)
     region = interior(mask)
-    return DetectedLook(
-        nearest_name(colour, COLOURS), classify_pattern(white, region), line_share(white, region)
-    )
+    ratios = line_ratios(white, region)
+    pattern = pattern_name(white[region].mean(), *ratios)
+    return DetectedLook(nearest_name(colour, COLOURS), pattern, max(ratios))
 
 
 # ---------------------------------------------------------------------------------------------

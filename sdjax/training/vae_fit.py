@@ -20,7 +20,8 @@ which slows the start of a short fit.
 
 Records are read by `sdjax.training.vae_images` (held-out split, square crops, flips, shuffle);
 the input position is saved in the checkpoints with the train state, so a resumed fit continues
-where it stopped. TensorFlow loads only when a fit runs: a finished fit is found without it. SIGTERM or Ctrl-C saves a checkpoint and returns an incomplete result.
+where it stopped. TensorFlow loads only when a fit runs: a finished fit is found without it.
+SIGTERM or Ctrl-C saves a checkpoint and returns an incomplete result.
 
 WORKDIR holds `checkpoints/`, `metrics.jsonl`, `tensorboard/`, `reconstructions.png` (held-out
 originals on top, their reconstructions below), `vae_fit.json` (the result), `export/` (a
