@@ -3,10 +3,7 @@
 The builders load TensorFlow and tensorflow_datasets, so they are imported on first use: a
 finished dataset is found (`data.layout`) without them."""
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from sdjax.lazy import lazy_attributes
 
 _HOMES = {
     "build": "data.sdd_builder",
@@ -14,11 +11,5 @@ _HOMES = {
     "sample_source": "data.build_sample",
     "shard_files": "data.layout",
 }
-
 __all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'data' has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOMES[name]), name)
+__getattr__ = lazy_attributes(__name__, _HOMES)

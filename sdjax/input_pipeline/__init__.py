@@ -4,8 +4,7 @@ The names below load their modules (and TensorFlow) on first use, so that import
 `sdjax.input_pipeline.config` for a run config stays fast.
 """
 
-import importlib
-from typing import Any
+from sdjax.lazy import lazy_attributes
 
 _EXPORTS = {
     "IteratorHandler": "iterator_state",
@@ -20,9 +19,4 @@ _EXPORTS = {
     "Reason": "reasons",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_attributes(__name__, {name: f"{__name__}.{m}" for name, m in _EXPORTS.items()})
